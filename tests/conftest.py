@@ -1,0 +1,46 @@
+"""Shared, session-scoped test data: one small demo corpus and its shards.
+
+Built once per test session because packing real H.264 video is the slowest common step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 videos x 4 s from the synthetic demo generator, seed 0."""
+    from mmexpr.data.synth import SynthSpec, write_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "demo"
+    write_corpus(out, SynthSpec(videos=6, seconds=4.0, seed=0, val_fraction=0.34))
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_shards(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo corpus packed into shards (train/ and validation/), 32-frame chunks."""
+    from mmexpr.data.pack import pack_corpus
+
+    out = tmp_path_factory.mktemp("shards") / "demo"
+    pack_corpus(demo_corpus, out, chunk_frames=32, face_size=64, shard_mb=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (see shared/data/README.md)")
+    return SHARED_DATA
