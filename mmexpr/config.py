@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmexpr.errors import UserError
 
@@ -107,6 +107,11 @@ class TrainConfig(_Strict):
     keep_last: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="worker restarts Ray may do")
     seed: int = 0
+    stop_after: int = Field(
+        0, ge=0, description="stop this invocation after N steps with a checkpoint (time slices); 0 runs to max_steps"
+    )
+    log_every: int = Field(10, ge=1, description="steps between MLflow metric flushes (every step is logged)")
+    progress: bool = Field(True, description="progress bar on rank 0")
 
 
 class TrackConfig(_Strict):
@@ -118,6 +123,42 @@ class TrackConfig(_Strict):
     register_model: str = Field("mmexpr", description="registry name for the best model; empty skips")
 
 
+class SlurmConfig(_Strict):
+    """What `--on slurm` asks SLURM for; rendered into cluster/slurm/ray_train.sbatch.
+
+    One task per node: Ray head on the first node, one Ray worker node on each other node,
+    then the driver spreads train.workers over them. Empty strings leave a line out.
+    """
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int = Field(8, ge=1, description="CPUs per node (cpus-per-task, one task per node)")
+    mem: str = Field("", pattern=r"^$|^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G; empty: cluster default")
+    time: str = Field("04:00:00", pattern=r"^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$", description="time limit, [D-]HH:MM:SS")
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    extra: list[str] = Field(default_factory=list, description="more sbatch options, e.g. --constraint=a100")
+    signal_seconds: int = Field(300, ge=10, description="USR1 this long before the time limit: checkpoint, requeue")
+    setup: list[str] = Field(default_factory=list, description="shell lines run first, e.g. module load cuda")
+    python: str = Field("", description="python on the nodes; empty: the one that submits")
+    ray_port: int = Field(6379, ge=1024, le=65535)
+    join_timeout: int = Field(300, ge=10, description="seconds to wait for every Ray node to join")
+
+    @field_validator("time", "mem", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        """`--set slurm.time=30` arrives as an int from YAML; SLURM reads it as minutes."""
+        return str(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _check_extra(self) -> SlurmConfig:
+        for line in self.extra:
+            if not line.strip().removeprefix("#SBATCH").strip().startswith("-"):
+                raise ValueError(f"slurm.extra: {line!r} is not an sbatch option (expected e.g. --constraint=a100)")
+        return self
+
+
 class JobConfig(_Strict):
     """One job: what to train on, what to build, how to train it, where to record it."""
 
@@ -127,6 +168,7 @@ class JobConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     track: TrackConfig = TrackConfig()
+    slurm: SlurmConfig = SlurmConfig()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> JobConfig:

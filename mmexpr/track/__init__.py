@@ -1,0 +1,1 @@
+"""track stage: reading runs back out of MLflow (tables, comparisons, sweeps) and its UI."""

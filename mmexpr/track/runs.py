@@ -1,0 +1,205 @@
+"""Runs as MLflow holds them: a table of runs, a side-by-side of two, a sweep's variants.
+
+Everything is read straight from the tracking store (no cache of our own), so the table
+agrees with the MLflow UI. A run's config lives in its params as dotted keys
+(`model.fusion`, ...); the table shows only the keys that differ between the listed runs,
+because twenty identical columns hide the one that matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mmexpr.errors import UserError
+
+SWEEP_TAG = "mmexpr.sweep"
+VARIANT_TAG = "mmexpr.variant"
+
+
+class RunNotFound(UserError, LookupError):
+    """A run id or name that the store does not hold."""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run, reduced to what the table shows."""
+
+    run_id: str
+    name: str
+    experiment: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    best_f1: float | None
+    best_f1_key: str
+    steps: int | None
+    sweep: str
+
+
+def resolve_tracking_uri(explicit: str | None, output: str = "runs") -> str:
+    """The store a command reads: --tracking-uri, else $MLFLOW_TRACKING_URI, else the local store.
+
+    The local store's location is the training side's decision (mmexpr/train/tracking.py); it is
+    asked rather than repeated here, so `runs` and `ui` always read where training wrote.
+    """
+    if explicit:
+        return explicit
+    from mmexpr.config import JobConfig
+    from mmexpr.train.tracking import tracking_uri
+
+    return tracking_uri(JobConfig(output=output))
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def f1_key(metrics: dict[str, float]) -> str:
+    """The validation macro-F1 metric of a run, whatever prefix the trainer gave it."""
+    keys = sorted(k for k in metrics if k.endswith("macro_f1"))
+    preferred = [k for k in keys if "val" in k and "best" not in k]
+    return (preferred or keys or [""])[0]
+
+
+def _best_and_steps(client, run, key: str) -> tuple[float | None, int | None]:
+    """Best F1 over the run's history, and the last step any loss or F1 was logged at."""
+    best = None
+    steps: int | None = None
+    if key:
+        history = client.get_metric_history(run.info.run_id, key)
+        if history:
+            best = max(m.value for m in history)
+            steps = max(m.step for m in history)
+    loss_keys = [k for k in run.data.metrics if "loss" in k]
+    if loss_keys:
+        history = client.get_metric_history(run.info.run_id, sorted(loss_keys)[0])
+        if history:
+            steps = max(steps or 0, max(m.step for m in history))
+    return best, steps
+
+
+def _row(client, run, experiment: str) -> RunRow:
+    key = f1_key(run.data.metrics)
+    best, steps = _best_and_steps(client, run, key)
+    return RunRow(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+        experiment=experiment,
+        status=run.info.status,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        best_f1=best,
+        best_f1_key=key,
+        steps=steps,
+        sweep=run.data.tags.get(SWEEP_TAG, ""),
+    )
+
+
+def list_runs(
+    tracking_uri: str,
+    *,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    limit: int = 50,
+) -> list[RunRow]:
+    """Runs newest first, across all experiments unless one is named; optionally one sweep's."""
+    client = _client(tracking_uri)
+    experiments = client.search_experiments()
+    if experiment:
+        experiments = [e for e in experiments if e.name == experiment or e.experiment_id == experiment]
+        if not experiments:
+            raise RunNotFound(f"{tracking_uri}: no experiment named {experiment!r}")
+    if not experiments:
+        return []
+    names = {e.experiment_id: e.name for e in experiments}
+    filt = f"tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else ""
+    runs = client.search_runs(
+        list(names), filter_string=filt, order_by=["attributes.start_time DESC"], max_results=limit
+    )
+    return [_row(client, r, names[r.info.experiment_id]) for r in runs]
+
+
+def find_run(tracking_uri: str, ref: str) -> RunRow:
+    """A run by id, or by name (the newest run of that name)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(ref)
+    except MlflowException:
+        run = None
+    if run is None:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(
+            experiments,
+            filter_string=f"attributes.run_name = '{ref}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        ) if experiments else []
+        if not found:
+            raise RunNotFound(f"{tracking_uri}: no run with id or name {ref!r} (see `mmexpr runs`)")
+        run = found[0]
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return _row(client, run, experiment)
+
+
+def differing_params(rows: list[RunRow], limit: int = 6) -> list[str]:
+    """Config keys whose values are not the same in every listed run (missing counts as a value)."""
+    keys = sorted({k for r in rows for k in r.params})
+    differ = [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+    # Bookkeeping params (paths, names) differ between any two runs and say nothing about the model.
+    noise = ("name", "output", "track.run_name", "data.shards")
+    return [k for k in differ if k not in noise][:limit]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _render(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def runs_table(rows: list[RunRow]) -> str:
+    """Name, status, the config keys that differ, best macro F1 and steps; one line per run."""
+    if not rows:
+        return "no runs"
+    keys = differing_params(rows)
+    header = ["run", "name", "status", *keys, "best macro F1", "steps"]
+    body = [
+        [r.run_id[:8], r.name, r.status, *(r.params.get(k, "-") for k in keys), _fmt(r.best_f1), _fmt(r.steps)]
+        for r in rows
+    ]
+    return _render(header, body)
+
+
+def compare_table(a: RunRow, b: RunRow, *, all_params: bool = False) -> str:
+    """Two runs side by side: identity, then params and final metrics; `*` marks a difference."""
+    header = ["", a.name or a.run_id[:8], b.name or b.run_id[:8], ""]
+    body: list[list[str]] = [
+        ["run id", a.run_id, b.run_id, ""],
+        ["experiment", a.experiment, b.experiment, ""],
+        ["status", a.status, b.status, ""],
+        ["steps", _fmt(a.steps), _fmt(b.steps), ""],
+        ["best macro F1", _fmt(a.best_f1), _fmt(b.best_f1), ""],
+    ]
+    keys = sorted(set(a.params) | set(b.params))
+    for k in keys:
+        va, vb = a.params.get(k, "-"), b.params.get(k, "-")
+        if all_params or va != vb:
+            body.append([k, va, vb, "*" if va != vb else ""])
+    for k in sorted(set(a.metrics) | set(b.metrics)):
+        va, vb = a.metrics.get(k), b.metrics.get(k)
+        body.append([k, _fmt(va), _fmt(vb), "*" if va != vb else ""])
+    return _render(header, body)

@@ -1,0 +1,353 @@
+"""The assembled model: every switch, masks, missing audio, text embeddings, optimiser groups,
+overfitting a small batch, `mmexpr describe`, and the model's job files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmexpr.cli import main
+from mmexpr.config import EncoderConfig, ModelConfig, flatten, load_job
+from mmexpr.labels import IGNORE, NUM_CLASSES
+from mmexpr.model.model import build_model, example_batch
+
+REPO = Path(__file__).resolve().parents[1]
+HIDDEN = 32
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP threads make each step ~10x slower; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(**changes) -> ModelConfig:
+    base = dict(
+        preset="tiny",
+        hidden=HIDDEN,
+        fusion_heads=2,
+        contrastive_dim=16,
+        dropout=0.0,
+        visual=EncoderConfig(name="tiny-clip-vision"),
+        audio=EncoderConfig(name="tiny-wav2vec2"),
+        text=EncoderConfig(name="tiny-clip-text"),
+    )
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def _batch(b: int = 2, t: int = 8, size: int = 48) -> dict:
+    batch = example_batch(b, t, size, fps=25.0)
+    g = torch.Generator().manual_seed(0)
+    batch["video"] = torch.randint(0, 256, batch["video"].shape, generator=g, dtype=torch.uint8)
+    batch["labels"] = torch.randint(0, NUM_CLASSES, (b, t), generator=g)
+    batch["mask"][0, -2:] = False  # a short chunk: its last two frames are padding
+    batch["labels"][0, -2:] = IGNORE
+    batch["labels"][1, 0] = IGNORE
+    return batch
+
+
+SWITCHES = [
+    {},
+    {"modalities": "video"},
+    {"modalities": "audio"},
+    {"temporal": "none"},
+    {"temporal": "transformer"},
+    {"fusion": "concat"},
+    {"fusion": "audio_to_video"},
+    {"fusion": "video_to_audio"},
+    {"loss": "focal"},
+    {"contrastive_weight": 0.0},
+    {"modality_dropout": 0.5},
+    {"text": EncoderConfig(name="tiny-minilm", train="full")},
+]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    SWITCHES,
+    ids=lambda c: ",".join(f"{k}={getattr(v, 'name', v)}" for k, v in c.items()) or "paper",
+)
+def test_forward_shapes_masks_and_losses_for_every_switch(changes):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**changes)
+    model = build_model(cfg, class_counts=[50, 5, 5, 5, 20, 10, 5, 40]).train()
+    batch = _batch()
+    out = model(batch)
+    assert out["logits"].shape == (2, 8, NUM_CLASSES)
+    assert out["embeddings"].shape == (2, 8, HIDDEN)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert set(out["loss_parts"]) == (
+        {"focal" if cfg.loss == "focal" else "ce"}
+        | ({"contrastive"} if cfg.contrastive_weight > 0 else set())
+    )
+    assert (model.visual is None) == (cfg.modalities == "audio")
+    assert (model.audio is None) == (cfg.modalities == "video")
+    assert (model.text is None) == (cfg.contrastive_weight == 0)
+    assert not out["audio_mask"][0, -2:].any()  # padding never counts as audio
+    out["loss"].backward()
+    assert model.head.linear.weight.grad is not None
+
+    # Labels of padded frames are ignored whatever they say.
+    model.eval()
+    with torch.no_grad():
+        first = model(batch)["loss"]
+        batch["labels"][0, -2:] = 3
+        assert torch.allclose(first, model(batch)["loss"])
+    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    assert "loss" not in model(no_labels)
+
+
+def test_window_without_audio_is_masked_and_its_audio_samples_are_ignored():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), None).eval()
+    batch = _batch()
+    batch["audio_len"][1] = 0
+    with torch.no_grad():
+        out = model(batch)
+        batch["audio"][1] = torch.randn(batch["audio"].shape[1])  # garbage beyond audio_len
+        again = model(batch)
+    assert torch.isfinite(out["logits"]).all()
+    assert not out["audio_mask"][1].any() and out["audio_mask"][0, :6].all()
+    assert torch.allclose(out["logits"][1], again["logits"][1], atol=1e-5)
+
+
+def test_frames_are_resized_to_the_encoder_size_so_any_frame_size_works():
+    model = build_model(tiny_cfg(modalities="video"), None).eval()
+    with torch.no_grad():
+        small, large = model(_batch(size=32)), model(_batch(size=112))
+    assert small["logits"].shape == large["logits"].shape == (2, 8, NUM_CLASSES)
+
+
+def test_frozen_text_embeddings_are_cached_and_a_trainable_text_encoder_learns():
+    frozen = build_model(tiny_cfg(), None)
+    assert "class_text" in dict(frozen.named_buffers())
+    assert torch.equal(frozen.class_embeddings(), frozen.class_text)
+
+    model = build_model(
+        tiny_cfg(text=EncoderConfig(name="tiny-clip-text", train="full")), None
+    ).train()
+    assert not hasattr(model, "class_text")
+    model(_batch())["loss_parts"]["contrastive"].backward()
+    grads = [p.grad for p in model.text.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_param_groups_hold_only_trainable_parameters_with_encoder_lr_for_encoders():
+    model = build_model(
+        tiny_cfg(visual=EncoderConfig(name="tiny-clip-vision", train="last", last_k=1)), None
+    )
+    groups = model.param_groups(lr=1e-3, encoder_lr=1e-5, weight_decay=0.05)
+    grouped = {id(p): g for g in groups for p in g["params"]}
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(grouped) == set(trainable)
+    for pid, name in trainable.items():
+        group = grouped[pid]
+        assert group["lr"] == (1e-5 if name.split(".")[0] in ("visual", "audio", "text") else 1e-3)
+    assert any(n.startswith("visual.") for n in trainable.values())
+    assert not any(n.startswith("audio.") for n in trainable.values())  # audio frozen
+    assert {g["weight_decay"] for g in groups if g["name"].endswith("no_decay")} == {0.0}
+
+
+def _demo_like_windows(b: int = 8, t: int = 16, size: int = 64, fps: float = 25.0) -> dict:
+    """Windows like the demo corpus: class shown by a per-class face texture and a per-class tone,
+    two expression segments per window, a padded chunk end, ignored frames, one silent window."""
+    g = torch.Generator().manual_seed(0)
+    textures = torch.randint(0, 256, (NUM_CLASSES, 3, 4, 4), generator=g).float()
+    textures = torch.nn.functional.interpolate(textures, size=(size, size), mode="nearest")
+    labels = torch.empty(b, t, dtype=torch.long)
+    for i in range(b):
+        cut = int(torch.randint(4, t - 4, (1,), generator=g))
+        first, second = torch.randperm(NUM_CLASSES, generator=g)[:2].tolist()
+        labels[i, :cut], labels[i, cut:] = first, second
+    video = textures[labels] + torch.randn(b, t, 3, size, size, generator=g) * 25
+    samples = math.ceil(t * 16000 / 24)
+    seconds = torch.arange(samples) / 16000
+    frame_of_sample = (seconds * fps).long().clamp(max=t - 1).expand(b, -1)
+    tone = 200.0 + 150.0 * labels.gather(1, frame_of_sample).float()
+    audio = 0.5 * torch.sin(2 * math.pi * tone * seconds)
+    audio_len = torch.full((b,), int(t / fps * 16000))
+    audio_len[-1] = 0
+    audio[-1] = 0.0
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[0, -3:] = False
+    labels[0, -3:] = IGNORE
+    labels[1, :2] = IGNORE
+    return {
+        "video": video.clamp(0, 255).to(torch.uint8),
+        "audio": audio,
+        "audio_len": audio_len,
+        "fps": torch.full((b,), fps),
+        "labels": labels,
+        "mask": mask,
+    }
+
+
+def _accuracy(model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = model(batch)["logits"].argmax(-1)
+    valid = batch["labels"] != IGNORE
+    return float((pred[valid] == batch["labels"][valid]).float().mean())
+
+
+def test_tiny_model_overfits_a_small_batch_of_demo_like_windows():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        hidden=64,
+        fusion_heads=4,
+        visual=EncoderConfig(name="tiny-clip-vision", train="full"),
+        audio=EncoderConfig(name="tiny-wav2vec2", train="full"),
+    )
+    model = build_model(cfg, None)
+    batch = _demo_like_windows()
+    start = _accuracy(model, batch)
+    accuracy, steps = _train_until(model, batch, 0.95, 300)
+    assert start < 0.5
+    assert accuracy >= 0.95, f"frame accuracy {accuracy:.3f} after {steps} steps"
+
+
+MODEL_JOBS = {
+    "paper": {},
+    "paper-e2e": {"model.visual.train": "full", "model.audio.train": "full"},
+    "ablation-video-only": {"model.modalities": "video"},
+    "ablation-audio-only": {"model.modalities": "audio"},
+    "ablation-no-temporal": {"model.temporal": "none"},
+    "ablation-concat": {"model.fusion": "concat"},
+    "ablation-no-contrastive": {"model.contrastive_weight": 0.0},
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_JOBS))
+def test_model_job_files_validate_and_differ_from_the_paper_only_where_named(name):
+    paper = flatten(load_job(REPO / "jobs" / "paper.yaml").to_dict())
+    job = load_job(REPO / "jobs" / f"{name}.yaml")
+    assert job.name == name
+    assert job.model.preset == "pretrained"
+    assert job.model.visual.name == "openai/clip-vit-base-patch16"
+    assert job.model.audio.name == "facebook/wav2vec2-base"
+    values = flatten(job.to_dict())
+    model_diff = {k: v for k, v in values.items() if k.startswith("model.") and paper[k] != v}
+    expected = MODEL_JOBS[name]
+    assert {k: model_diff.get(k) for k in expected} == expected
+    if name != "paper-e2e":
+        assert set(model_diff) == set(expected)
+    if name == "paper":
+        m = job.model
+        assert (m.visual.train, m.audio.train, m.temporal, m.fusion) == (
+            "frozen",
+            "frozen",
+            "tcn",
+            "bi",
+        )
+        assert m.contrastive_weight > 0
+
+
+def test_describe_command_prints_modules_params_and_flops_offline(capsys):
+    rc = main(
+        [
+            "describe",
+            str(REPO / "jobs" / "paper.yaml"),
+            "--set",
+            "model.preset=tiny",
+            "--set",
+            "data.image_size=64",
+            "--set",
+            "model.hidden=64",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for module in ("visual", "audio", "temporal", "fusion", "head", "text", "contrastive", "total"):
+        assert any(line.startswith(module + " ") for line in out.splitlines()), (module, out)
+    assert "CLIPVisionModel" in out and "Wav2Vec2Model" in out and "GFLOPs/window" in out
+    total = next(line for line in out.splitlines() if line.startswith("total "))
+    params, trainable, gflops = (float(x.replace(",", "")) for x in total.split()[-3:])
+    assert params > trainable > 0  # frozen encoders are counted but do not train
+    assert gflops > 0
+    visual = next(line for line in out.splitlines() if line.startswith("visual "))
+    assert float(visual.split()[-1]) > 0
+
+
+def test_describe_with_pretrained_ids_offline_names_the_model_and_the_fix(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["describe", str(REPO / "jobs" / "paper.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "openai/clip-vit-base-patch16" in err and "offline" in err and "local folder" in err
+    assert "Traceback" not in err
+
+
+def _train_until(
+    model, batch, target: float, max_steps: int, lr: float = 3e-3
+) -> tuple[float, int]:
+    opt = torch.optim.AdamW(model.param_groups(lr=lr, encoder_lr=1e-3, weight_decay=0.0))
+    accuracy, steps = _accuracy(model, batch), 0
+    while accuracy < target and steps < max_steps:
+        model.train()
+        for _ in range(10):
+            opt.zero_grad()
+            model(batch)["loss"].backward()
+            opt.step()
+        steps += 10
+        accuracy = _accuracy(model, batch)
+    return accuracy, steps
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_a_batch_of_packed_demo_windows(demo_shards):
+    """The same, on real windows: synthetic faces and speech, packed, decoded by the loader."""
+    from mmexpr.config import DataConfig
+    from mmexpr.data.loader import make_loader
+
+    data = DataConfig(
+        shards=str(demo_shards), window=16, stride=16, image_size=64, batch_size=8, loader_workers=0
+    )
+    batch = next(iter(make_loader(str(demo_shards), "train", data, train=True, seed=0)))
+    assert (batch["labels"] != IGNORE).sum() > 64
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        hidden=64,
+        fusion_heads=4,
+        visual=EncoderConfig(name="tiny-clip-vision", train="full"),
+        audio=EncoderConfig(name="tiny-wav2vec2", train="full"),
+    )
+    accuracy, steps = _train_until(build_model(cfg, None), batch, 0.95, 300)
+    assert accuracy >= 0.95, f"frame accuracy {accuracy:.3f} after {steps} steps"
+
+
+def test_describe_builds_the_paper_job_from_local_encoder_folders(tmp_path, capsys):
+    """The offline route the error message suggests: model.*.name=DIR with preset=pretrained."""
+    from mmexpr.labels import prompts
+    from mmexpr.model.encoders import build_audio, build_text, build_visual
+
+    build_visual(EncoderConfig(name="tiny-clip-vision"), "tiny").save_pretrained(tmp_path / "clip")
+    build_audio(EncoderConfig(name="tiny-wav2vec2"), "tiny").save_pretrained(tmp_path / "w2v")
+    texts = [p for per_class in prompts(ModelConfig().prompts) for p in per_class]
+    build_text(EncoderConfig(name="tiny-clip-text"), "tiny", texts).save_pretrained(
+        tmp_path / "text"
+    )
+    rc = main(
+        [
+            "describe",
+            str(REPO / "jobs" / "paper.yaml"),
+            "--set",
+            "data.image_size=64",
+            "--set",
+            f"model.visual.name={tmp_path / 'clip'}",
+            "--set",
+            f"model.audio.name={tmp_path / 'w2v'}",
+            "--set",
+            f"model.text.name={tmp_path / 'text'}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "preset=pretrained" in out and str(tmp_path / "clip") in out and "CLIPTextModel" in out

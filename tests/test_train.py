@@ -1,0 +1,319 @@
+"""Distributed training end to end: real Ray Train workers, real DeepSpeed engines (CPU,
+gloo), real MLflow stores, real demo shards decoded by decord, the real (tiny) model.
+
+Runs are shared between assertions to stay inside the suite's time budget:
+- `trained_run`: 2 workers, ZeRO-2, 24 steps, evaluated and checkpointed at 12 and 24;
+- `resumed_run`: the same job stopped at step 12 (stop_after) and resumed;
+- a copy of `resumed_run` continued on 1 worker from its step-24 checkpoint;
+- the ZeRO-3 run: a worker killed by SIGKILL mid-run, with an unreachable tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mmexpr.config import load_job
+from mmexpr.train import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = 24
+
+
+def _job(shards: Path, output: Path, *extra: str):
+    overrides = [
+        f"data.shards={shards}",
+        f"output={output}",
+        "model.preset=tiny",
+        "data.window=8",
+        "data.stride=8",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "data.loader_workers=0",
+        "data.shuffle_buffer=16",
+        "train.workers=2",
+        "train.zero_stage=2",
+        f"train.max_steps={SHORT}",
+        "train.warmup_steps=4",
+        "train.eval_every=12",
+        "train.checkpoint_every=12",
+        "train.keep_last=2",
+        "train.progress=false",
+        "track.experiment=test-train",
+        *extra,
+    ]
+    return load_job(REPO / "jobs" / "demo.yaml", overrides)
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _losses(uri: str, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in _client(uri).get_metric_history(run_id, "train/loss")}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray cluster (127.0.0.1) for every run of this module."""
+    import ray
+
+    from mmexpr.train.driver import start_ray
+
+    started = start_ray(load_job(None, ["train.workers=2"]))
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_local, demo_shards, tmp_path_factory):
+    from mmexpr.train.driver import run_training
+
+    out = tmp_path_factory.mktemp("trained")
+    job = _job(demo_shards, out)
+    return job, run_training(job)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(ray_local, demo_shards, tmp_path_factory):
+    """Same job as trained_run (same schedule), stopped after 12 steps, then resumed."""
+    from mmexpr.train.driver import run_training
+
+    out = tmp_path_factory.mktemp("resumed")
+    job = _job(demo_shards, out, "train.stop_after=12")
+    first = run_training(job)
+    second = run_training(job, resume=str(first.run_dir))
+    return job, first, second
+
+
+# ---------------------------------------------------------------- refusals before Ray starts
+
+
+def test_bad_job_fails_before_any_worker_starts(demo_shards, tmp_path):
+    import ray
+
+    from mmexpr.errors import UserError
+    from mmexpr.train.driver import run_training
+
+    ray_was_up = ray.is_initialized()
+    missing = _job(tmp_path / "no-shards", tmp_path / "out")
+    with pytest.raises(UserError, match="no-shards"):
+        run_training(missing)
+    unknown = _job(demo_shards, tmp_path / "out")
+    with pytest.raises(UserError, match="--resume nope"):
+        run_training(unknown, resume="nope")
+    assert not (tmp_path / "out" / "mlflow.db").exists(), "nothing recorded for a job that cannot start"
+    assert ray.is_initialized() == ray_was_up, "the driver refused the job before starting Ray"
+
+
+# ---------------------------------------------------------------- 2 workers, ZeRO-2
+
+
+@pytest.mark.slow
+def test_two_workers_zero2_train_evaluate_and_checkpoint(trained_run):
+    job, result = trained_run
+    assert result.step == SHORT and result.world_size == 2 and not result.preempted
+    latest = result.latest_checkpoint
+    assert latest is not None and latest.name == ckpt.tag_for(SHORT)
+    files = {p.name for p in latest.iterdir()}
+    # DeepSpeed's ZeRO shards, one per rank, plus the portable copy and the meta written last.
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+            "mp_rank_00_model_states.pt", "portable.pt", "meta.json"} <= files
+    meta = ckpt.read_meta(latest)
+    assert meta["world_size"] == 2 and meta["zero_stage"] == 2
+    tags = ckpt.published_tags(result.run_dir / "checkpoints")
+    kept = {t.name for t in tags}
+    assert len(kept - {result.best_checkpoint.name}) <= job.train.keep_last
+    assert result.best_step in (12, 24) and 0.0 <= result.best_f1 <= 1.0
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_run):
+    job, result = trained_run
+    client = _client(result.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.zero_stage"] == "2" and params["model.preset"] == "tiny"
+    assert params["data.window"] == "8"
+    tags = run.data.tags
+    assert tags["world_size"] == "2" and tags["accelerator"] == "cpu"
+    assert tags["version.deepspeed"] and tags["git_commit"]
+    assert tags["checkpoint.latest"].endswith(ckpt.tag_for(SHORT))
+    losses = _losses(result.tracking_uri, result.run_id)
+    assert sorted(losses) == list(range(1, SHORT + 1))
+    metrics = run.data.metrics
+    for key in ("train/ce", "train/contrastive", "train/lr", "train/lr_encoders", "train/samples_per_s",
+                "train/data_wait", "val/macro_f1", "val/accuracy", "val/f1_Happiness"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["train/data_wait"] <= 1.0
+    f1_steps = [m.step for m in client.get_metric_history(result.run_id, "val/macro_f1")]
+    assert f1_steps == [12, 24]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "eval", "checkpoints", "best_model"} <= artifacts
+    evals = {a.path for a in client.list_artifacts(result.run_id, "eval")}
+    assert "eval/confusion_step_00000024.png" in evals and "eval/per_class_f1_step_00000024.png" in evals
+    saved = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
+    assert f"checkpoints/{ckpt.tag_for(SHORT)}.json" in saved
+    model_files = {a.path for a in client.list_artifacts(result.run_id, "best_model")}
+    assert {"best_model/weights.pt", "best_model/config.yaml"} <= model_files
+    versions = client.search_model_versions(f"name='{job.track.register_model}'")
+    assert any(v.run_id == result.run_id for v in versions)
+
+
+@pytest.mark.slow
+def test_registered_weights_load_into_a_fresh_model(trained_run):
+    import torch
+    from mlflow.artifacts import download_artifacts
+
+    from mmexpr.config import job_from_dict
+    from mmexpr.model.model import build_model
+
+    job, result = trained_run
+    folder = Path(download_artifacts(run_id=result.run_id, artifact_path="best_model", tracking_uri=result.tracking_uri))
+    import yaml
+
+    saved_job = job_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    model = build_model(saved_job.model, None)
+    weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(weights, strict=True)
+    before = build_model(saved_job.model, None).state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in weights.items() if v.dtype.is_floating_point)
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_repeats_losses_of_uninterrupted_run(trained_run, resumed_run):
+    _, full = trained_run
+    _, first, second = resumed_run
+    assert first.step == 12 and second.step == 24
+    assert first.run_id == second.run_id, "--resume continues the same MLflow run"
+    resumed = _losses(second.tracking_uri, second.run_id)
+    uninterrupted = _losses(full.tracking_uri, full.run_id)
+    assert sorted(resumed) == list(range(1, 25))
+    for step in range(1, 25):
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), f"step {step}"
+    run = _client(second.tracking_uri).get_run(second.run_id)
+    assert run.data.tags["mmexpr.resumes"] == "1"
+    assert run.data.metrics["resume/from_step"] == 12
+
+
+@pytest.mark.slow
+def test_resume_on_one_worker_keeps_optimizer_state_and_skips_interrupted_checkpoint(
+    resumed_run, tmp_path
+):
+    """2 -> 1 worker: the portable copy restores both Adam moments (norms checked against
+    those saved); a temp folder from an interrupted save is ignored, then cleaned up."""
+    from mmexpr.train.driver import run_training
+
+    job, _, second = resumed_run
+    copy = tmp_path / "out"
+    shutil.copytree(Path(job.output), copy)
+    run_dir = copy / job.name / second.run_id
+    ckpt_dir = run_dir / "checkpoints"
+    # A save killed mid-write: shards half there, no meta.json, never renamed.
+    broken = ckpt_dir / (ckpt.TMP_PREFIX + ckpt.tag_for(26))
+    broken.mkdir()
+    (broken / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"\0" * 100)
+    assert ckpt.latest(ckpt_dir).name == ckpt.tag_for(24)
+
+    one = _job(Path(job.data.shards), copy, "train.workers=1", "train.max_steps=28", "train.stop_after=4")
+    result = run_training(one, resume="latest")
+    assert result.step == 28 and result.world_size == 1 and result.run_id == second.run_id
+    assert not broken.exists(), "the next save removes leftovers of an interrupted one"
+    assert ckpt.read_meta(ckpt.latest(ckpt_dir))["world_size"] == 1
+    metrics = _client(result.tracking_uri).get_run(result.run_id).data.metrics
+    for key in ("exp_avg", "exp_avg_sq"):
+        saved, loaded = metrics[f"resume/{key}_norm_saved"], metrics[f"resume/{key}_norm_loaded"]
+        assert saved > 0 and loaded == pytest.approx(saved, rel=1e-5)
+    assert metrics["resume/world_size"] == 1
+    losses = _losses(result.tracking_uri, result.run_id)
+    assert set(range(25, 29)) <= set(losses)
+
+
+# ---------------------------------------------------------------- ZeRO-3, a killed worker, no tracking server
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
+def _train_worker_pids() -> list[int]:
+    """Ray Train worker processes of the Ray cluster this test process started (Ray titles
+    them ray::RayTrainWorker); other Ray clusters on the machine are left alone."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"RayTrainWorker" in cmd and _descends_from_us(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_zero3_run_survives_a_killed_worker_and_an_unreachable_tracking_server(ray_local, demo_shards, tmp_path):
+    from mmexpr.train.driver import run_training
+
+    out = tmp_path / "out"
+    job = _job(demo_shards, out, "train.zero_stage=3", f"train.max_steps={SHORT}", "train.checkpoint_every=6",
+               "train.max_failures=2", f"track.tracking_uri=http://127.0.0.1:{_closed_port()}")
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", run_training(job)), daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    killed = None
+    while time.time() < deadline and thread.is_alive():
+        first = list(out.glob(f"{job.name}/*/checkpoints/latest"))
+        pids = _train_worker_pids()
+        if first and pids:
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.5)
+    thread.join(timeout=400)
+    assert killed is not None, "no checkpoint appeared before the run ended"
+    result = box["result"]
+    assert result.step == SHORT
+    assert result.tracking_uri.startswith("sqlite:///") and str(out) in result.tracking_uri
+    client = _client(result.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(_losses(result.tracking_uri, result.run_id)) [-1] == SHORT
+    restarts = client.get_metric_history(result.run_id, "resume/from_step")
+    assert restarts and restarts[0].value >= 6, "Ray restarted the workers, which resumed from a checkpoint"
+    meta = ckpt.read_meta(result.latest_checkpoint)
+    assert meta["zero_stage"] == 3 and meta["step"] == SHORT
