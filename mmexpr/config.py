@@ -143,6 +143,7 @@ class SlurmConfig(_Strict):
     setup: list[str] = Field(default_factory=list, description="shell lines run first, e.g. module load cuda")
     python: str = Field("", description="python on the nodes; empty: the one that submits")
     ray_port: int = Field(6379, ge=1024, le=65535)
+    dashboard_port: int = Field(8265, ge=1024, le=65535, description="Ray dashboard on the head (Train's state API)")
     join_timeout: int = Field(300, ge=10, description="seconds to wait for every Ray node to join")
 
     @field_validator("time", "mem", mode="before")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Keeps every local Ray cluster of the tests on 127.0.0.1 (see mmexpr/submit/local.py); the
+# multi-host harnesses set it back for the Ray nodes they start in their namespaces.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

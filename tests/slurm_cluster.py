@@ -165,6 +165,9 @@ def slurm_two_nodes(root: Path, cpus: int = 2, mem_mb: int = 4000) -> Iterator[S
                 _cancel_all(cluster)
                 daemons.stop_all(grace=15)
                 kill_processes_mentioning(str(root))
+                for name in cluster.nodes:  # the sbatch script's per-node Ray temp dirs
+                    for folder in Path("/tmp").glob(f"mmexpr-ray-*-{name}"):
+                        shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(munge_dir, ignore_errors=True)
 

@@ -235,7 +235,6 @@ def test_interrupted_pack_resumes_to_byte_identical_shards(demo_corpus: Path, de
     cmd = [sys.executable, "-m", "mmexpr.cli", "pack", str(demo_corpus), str(out), "--chunk-frames", "32",
            "--face-size", "64", "--shard-mb", "1", "--cpus", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster, not ours
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

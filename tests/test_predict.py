@@ -155,3 +155,12 @@ def test_predict_names_a_shards_folder_without_manifests(tiny_checkpoint, tmp_pa
     code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--shards", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_predict_refuses_to_write_into_a_folder_it_did_not_create(tiny_checkpoint, demo_shards, demo_corpus, capsys):
+    labels = demo_corpus / "annotations" / "Validation_Set"
+    before = {p.name: p.read_text() for p in labels.glob("*.txt")}
+    code = main(["predict", "--checkpoint", str(tiny_checkpoint), "--shards", str(demo_shards), "--out", str(labels)])
+    assert code == 2
+    assert "did not write" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in labels.glob("*.txt")} == before  # annotations untouched

@@ -34,6 +34,8 @@ def _populate(root: Path) -> tuple[str, str, dict[str, str]]:
         rid = run.info.run_id
         for key, value in {"model.fusion": fusion, "train.lr": "0.002", "model.hidden": "128"}.items():
             client.log_param(rid, key, value)
+        if name == "lonely":  # a run made after a config section was added
+            client.log_param(rid, "slurm.port", "8265")
         for i, f1 in enumerate(f1s):
             client.log_metric(rid, "val/macro_f1", f1, step=10 * (i + 1))
             client.log_metric(rid, "train/loss", 1.0 / (i + 1), step=10 * (i + 1))
@@ -57,6 +59,7 @@ def test_runs_table_shows_differing_config_best_f1_and_steps(store):
     text = runs_table(rows)
     assert "model.fusion" in text  # differs between runs
     assert "train.lr" not in text  # same everywhere: not a column
+    assert "slurm.port" not in text  # differs only by being absent from older runs
     assert "0.7000" in text and "fusion-concat" in text
 
 

@@ -229,22 +229,9 @@ def _prepare_split(split_dir: Path, run: dict, overwrite: bool) -> bool:
 
 def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
     """Connect to Ray; start a loopback-only local cluster unless one is given. True if started."""
-    import ray
+    from mmexpr.submit.local import start_ray
 
-    if ray.is_initialized():
-        return False
-    if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
-        ray.init(
-            address="local",  # our own cluster, even if RAY_ADDRESS or `ray start` says otherwise
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            log_to_driver=False,
-        )
-    return True
+    return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
 
 
 def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:

@@ -200,6 +200,18 @@ def predict_dataset(
     return tracks, frames, problems, scores
 
 
+def check_out(out: Path) -> None:
+    """Refuse a non-empty folder that predict did not write (e.g. the annotation folder, whose
+    <track>.txt files a submission of the same name would overwrite)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "predict.json").is_file():
+        raise UserError(
+            f"--out {out}: folder holds files that `predict` did not write (no predict.json); "
+            "choose an empty or new folder so nothing there is overwritten"
+        )
+
+
 def pack_settings_of(job) -> tuple[int, int]:
     """(chunk_frames, face_size) the model's training shards were packed with, so raw videos
     are cropped and compressed the same way; pack's defaults when those shards are not here."""
@@ -227,6 +239,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
     """The `mmexpr predict` command: load, decode in parallel, slide windows, write files."""
     if not (opts.videos or opts.shards):
         raise UserError("predict: give --videos DIR or --shards DIR")
+    check_out(Path(opts.out))
     begin = time.perf_counter()
     loaded = load_model(opts)
     job = loaded.job

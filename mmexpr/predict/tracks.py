@@ -86,13 +86,10 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
     return Track(name, frames, audio, has_audio, fps, labels, problems, starts)
 
 
-def _track_of_key(key: str, tracks: tuple[str, ...]) -> str:
-    """Sample keys are `<track>_<first frame:06d>` (dots in names became underscores)."""
+def _track_of_key(key: str, by_safe_name: dict[str, str]) -> str:
+    """Sample keys are `<track>_<first frame:06d>` (dots in track names became underscores)."""
     stem = key.rsplit("_", 1)[0]
-    for t in tracks:
-        if t.replace(".", "_") == stem:
-            return t
-    return stem
+    return by_safe_name.get(stem, stem)
 
 
 def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
@@ -138,18 +135,16 @@ class ShardTracks(Dataset):
         # track -> [(manifest index, shard url, sample key, frames)] in frame order
         refs: dict[str, list[tuple[int, str, str, int]]] = defaultdict(list)
         for m_index, manifest in enumerate(self.manifests):
+            safe = {t.replace(".", "_"): t for t in manifest.tracks}
             for shard in manifest.shards:
                 for key, frames in zip(shard.keys, shard.sample_frames, strict=True):
-                    track = _track_of_key(key, manifest.tracks)
+                    track = _track_of_key(key, safe)
                     refs[track].append((m_index, manifest.url(shard), key, frames))
         self.names = sorted(refs)
         self.refs = refs
 
     def __len__(self) -> int:
         return len(self.names)
-
-    def frames(self, i: int) -> int:
-        return sum(r[3] for r in self.refs[self.names[i]])
 
     def __getitem__(self, i: int) -> list[Track]:
         name = self.names[i]

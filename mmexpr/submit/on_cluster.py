@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("job_file")
     run.add_argument("--resume", default=None)
     run.add_argument("--address", default=None, help="Ray cluster (default: the one this job runs in)")
-    run.add_argument("--slurm-job", default=None, help="SLURM job id, recorded with the run")
+    run.add_argument("--slurm-job", default=None, help="SLURM job id (names the job in ps and the log)")
     run.set_defaults(func=_run)
     wait = sub.add_parser("wait-nodes")
     wait.add_argument("--address", required=True)

@@ -65,6 +65,7 @@ def render(job: JobConfig, job_file: str, resume: str | None = None, python: str
         "job_file": shlex.quote(job_file),
         "python": shlex.quote(python or s.python or sys.executable),
         "ray_port": str(s.ray_port),
+        "dashboard_port": str(s.dashboard_port),
         "join_timeout": str(s.join_timeout),
         "setup_lines": "\n".join(s.setup),
         "resume_args": f"--resume {shlex.quote(resume)}" if resume else "",

@@ -147,9 +147,13 @@ def find_run(tracking_uri: str, ref: str) -> RunRow:
 
 
 def differing_params(rows: list[RunRow], limit: int = 6) -> list[str]:
-    """Config keys whose values are not the same in every listed run (missing counts as a value)."""
+    """Config keys with more than one value among the listed runs.
+
+    A key only some runs have (a config section added after older runs were made) differs
+    only by its absence; that is a schema change, not a setting anyone chose, so it is left out.
+    """
     keys = sorted({k for r in rows for k in r.params})
-    differ = [k for k in keys if len({r.params.get(k) for r in rows}) > 1]
+    differ = [k for k in keys if len({r.params[k] for r in rows if k in r.params}) > 1]
     # Bookkeeping params (paths, names) differ between any two runs and say nothing about the model.
     noise = ("name", "output", "track.run_name", "data.shards")
     return [k for k in differ if k not in noise][:limit]

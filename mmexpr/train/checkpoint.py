@@ -225,8 +225,10 @@ def gather_portable(engine, optimizer: torch.optim.Optimizer, with_moments: bool
                     moments[key][name] = moment
     if not rank0:
         return None
-    for name, buf in engine.module.named_buffers():
-        weights[name] = buf.detach().cpu().clone()
+    for prefix, module in engine.module.named_modules():
+        for name, buf in module._buffers.items():  # persistent buffers only, as state_dict() has
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                weights[f"{prefix}.{name}" if prefix else name] = buf.detach().cpu().clone()
     return {"weights": weights, "moments": moments, "optimizer_step": optimizer_step_count(optimizer)}
 
 
@@ -275,6 +277,9 @@ def restore_portable(engine, optimizer: torch.optim.Optimizer, portable: dict[st
 
 def load_module_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Consolidated weights into a plain module, before DeepSpeed wraps it."""
+    expected = set(module.state_dict())
+    derived = {name for name, _ in module.named_buffers()} - expected  # non-persistent: rebuilt, not loaded
+    weights = {k: v for k, v in weights.items() if k not in derived}
     missing, unexpected = module.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(

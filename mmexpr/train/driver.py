@@ -165,26 +165,15 @@ def check_resume_fits(job: JobConfig, point: ResumePoint) -> None:
 
 def start_ray(job: JobConfig, address: str | None = None) -> bool:
     """Connect to `address`/RAY_ADDRESS, or start a local cluster on 127.0.0.1; True if we started one."""
-    import ray
+    from mmexpr.submit.local import start_ray as connect
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return True
     cpus = max(os.cpu_count() or 1, job.train.workers * job.train.cpus_per_worker)
-    ray.init(
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
+    return connect(
+        address or os.environ.get("RAY_ADDRESS"),
         num_cpus=cpus,
-        runtime_env=runtime_env,
+        runtime_env={"worker_process_setup_hook": SETUP_HOOK},
         log_to_driver=True,
     )
-    return True
 
 
 def _fit(job: JobConfig, loop_config: dict, run_dir: Path):

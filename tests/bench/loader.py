@@ -168,7 +168,6 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
     from mmexpr.data.pack import pack_corpus
     from mmexpr.data.synth import SynthSpec, write_corpus
 

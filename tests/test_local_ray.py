@@ -1,0 +1,42 @@
+"""A local Ray cluster (packing, training) listens on loopback only."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import psutil
+import pytest
+
+from mmexpr.submit.local import start_ray
+
+
+def _listening() -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+@pytest.mark.slow
+def test_local_cluster_binds_only_loopback_whatever_the_cluster_flag_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "1" (and unset, on Linux) makes Ray bind every interface; start_ray must undo it.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    before = _listening()
+    assert start_ray(None, num_cpus=1, log_to_driver=False)
+    import ray  # after start_ray: Ray reads the flag when first imported
+
+    try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        opened = _listening() - before
+        assert opened, "Ray opened no listening socket?"
+        exposed = sorted(f"{ip}:{port}" for ip, port in opened if not _is_loopback(ip))
+        assert not exposed, f"listening beyond loopback: {exposed}"
+    finally:
+        ray.shutdown()
