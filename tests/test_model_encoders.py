@@ -211,3 +211,18 @@ def test_a_folder_that_is_not_a_model_fails_naming_the_folder(tmp_path):
     with pytest.raises(EncoderUnavailableError) as err:
         build_audio(EncoderConfig(name=str(tmp_path)), "pretrained")
     assert str(tmp_path) in str(err.value) and "model.audio.name" in str(err.value)
+
+
+def test_tiny_resnet_visual_gives_one_trainable_vector_per_frame():
+    """The demo's visual encoder: a small CNN, picked by name under the tiny preset."""
+    import torch
+
+    from mmexpr.config import EncoderConfig
+    from mmexpr.model.encoders import build_visual
+
+    encoder = build_visual(EncoderConfig(name="tiny-resnet", train="full"), "tiny")
+    frames = torch.randint(0, 256, (6, 3, 48, 48), dtype=torch.uint8)
+    feats = encoder(frames)
+    assert feats.shape == (6, encoder.dim)
+    feats.sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)

@@ -122,6 +122,16 @@ def test_align_audio_maps_features_to_frame_times_and_masks_missing_audio():
     assert not mask[2].any()
 
 
+def test_align_audio_survives_padding_windows_with_zero_fps():
+    """The loader pads evaluation passes with fully masked windows whose fps is 0."""
+    feats = torch.randn(2, 20, 4)
+    aligned, mask = align_audio(
+        feats, torch.tensor([20, 0]), torch.tensor([6400, 0]), torch.tensor([25.0, 0.0]), frames=10
+    )
+    assert torch.isfinite(aligned).all()
+    assert mask[0].all() and not mask[1].any()
+
+
 def test_modality_dropout_hides_at_most_one_modality_per_window():
     video, audio = _all((64, T)), _all((64, T))
     audio[:8] = False  # windows without audio never lose their video

@@ -271,8 +271,10 @@ def _image_size(config, processor) -> int:
 def build_visual(spec: EncoderConfig, preset: str, field: str = "model.visual") -> VisualEncoder:
     """CLIP vision tower by default; any AutoModel image backbone by name.
 
-    The tiny preset always builds a small CLIP vision tower, whatever the name: tests and
-    the demo need the code path, not a particular architecture.
+    The tiny preset builds a small random CLIP vision tower, or a small ResNet when the name
+    says `resnet`. The demo uses the ResNet: trained from scratch for a few hundred steps at
+    64 px, the 2-layer ViT's loss stayed flat on the demo faces (video-only macro F1 0.03-0.08
+    at 300 steps, patch 8 or 16) while the ResNet learned (0.27 video only, 0.65 with audio).
     """
     from transformers import (
         AutoConfig,
@@ -280,8 +282,15 @@ def build_visual(spec: EncoderConfig, preset: str, field: str = "model.visual") 
         AutoModel,
         CLIPVisionConfig,
         CLIPVisionModel,
+        ResNetConfig,
+        ResNetModel,
     )
 
+    if preset == "tiny" and "resnet" in spec.name.lower():
+        config = ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1], layer_type="basic"
+        )
+        return VisualEncoder(ResNetModel(config), spec, TINY_IMAGE_SIZE)
     if preset == "tiny":
         config = CLIPVisionConfig(
             hidden_size=64,

@@ -34,14 +34,17 @@ def align_audio(
     Feature j of a window covers its valid audio evenly, so its centre lies at
     (j + 0.5) * duration / feat_len seconds; frame t's centre is (t + 0.5) / fps. Each
     frame linearly interpolates the two features around its centre. Frames after the
-    audio ends, and every frame of a window without audio, are masked.
+    audio ends, and every frame of a window without audio, are masked. Fully masked padding
+    windows (end of an evaluation pass, unreadable samples) carry fps 0: any positive rate
+    gives them the same, masked, result, so fps is clamped rather than divided by zero.
     """
     batch, steps, _ = feats.shape
     device = feats.device
     duration = audio_len.to(torch.float32) / sample_rate  # [B]
+    fps = fps.float().clamp(min=1.0)
     t_centre = (torch.arange(frames, device=device, dtype=torch.float32)[None, :] + 0.5) / fps[
         :, None
-    ].float()
+    ]
     rate = feat_len.to(torch.float32) / duration.clamp(min=1e-6)  # features per second
     pos = t_centre * rate[:, None] - 0.5
     last = (feat_len - 1).clamp(min=0)[:, None].float()
@@ -54,7 +57,7 @@ def align_audio(
         torch.gather(feats, 1, index(lo)) * (1 - weight)
         + torch.gather(feats, 1, index(hi)) * weight
     )
-    mask = (feat_len[:, None] > 0) & (t_centre < duration[:, None] + 0.5 / fps[:, None].float())
+    mask = (feat_len[:, None] > 0) & (t_centre < duration[:, None] + 0.5 / fps[:, None])
     return aligned, mask
 
 

@@ -154,10 +154,5 @@ def to_device(batch: dict, device: torch.device, bf16: bool) -> dict:
             value = value.to(device, non_blocking=True)
             if bf16 and key == "audio":
                 value = value.to(torch.bfloat16)
-            if key == "fps":
-                # Fully masked padding windows (end of an evaluation pass, unreadable samples)
-                # carry fps 0; the model's audio alignment divides by it. Those frames are
-                # masked, so any positive rate gives the same result.
-                value = torch.where(value > 0, value, torch.full_like(value, 25.0))
         out[key] = value
     return out

@@ -201,10 +201,21 @@ class Trainer:
         dist.all_reduce(vec)
         return vec.cpu()
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does.
+
+        DeepSpeed averages gradients, not buffers: each rank's running statistics drift apart,
+        so ranks would evaluate different models, and a checkpoint (rank 0's buffers) would
+        score differently from what training logged. Called before evaluating and saving.
+        """
+        for buffer in self.engine.module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def _evaluate(self):
         from mmexpr.data.loader import make_loader
         from mmexpr.train.evaluation import evaluate
 
+        self._sync_buffers()
         d = self.job.data
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
@@ -212,6 +223,7 @@ class Trainer:
             return evaluate(self.engine, loader, self._to_device)
 
     def _save(self, is_best: bool) -> None:
+        self._sync_buffers()
         p = self.progress
         client = {
             "step": p.step,
