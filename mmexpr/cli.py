@@ -39,16 +39,19 @@ def _job_args(p: argparse.ArgumentParser) -> None:
 def _synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic demo corpus in Aff-Wild2 layout")
     p.add_argument("out", help="output folder")
-    p.add_argument("--videos", type=int, default=20, help="number of videos")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each video")
+    p.add_argument("--videos", type=int, default=40, help="number of videos")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of each video")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.25, help="share of videos in the validation split")
+    p.add_argument("--face-crops", action="store_true", help="also write cropped_aligned/<track>/<frame>.jpg")
+    p.add_argument("--workers", type=int, default=0, help="processes writing videos (0: one per core)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.data.synth import SynthSpec, write_corpus
 
-        spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction)
+        spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,
+                         face_crops=args.face_crops, workers=args.workers)
         summary = write_corpus(args.out, spec, overwrite=args.overwrite)
         print(summary)
         return 0

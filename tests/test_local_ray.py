@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import psutil
 import pytest
@@ -25,7 +26,9 @@ def _is_loopback(ip: str) -> bool:
 
 
 @pytest.mark.slow
-def test_local_cluster_binds_only_loopback_whatever_the_cluster_flag_says(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_cluster_binds_only_loopback_whatever_the_cluster_flag_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # "1" (and unset, on Linux) makes Ray bind every interface; start_ray must undo it.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
     before = _listening()
@@ -38,5 +41,11 @@ def test_local_cluster_binds_only_loopback_whatever_the_cluster_flag_says(monkey
         assert opened, "Ray opened no listening socket?"
         exposed = sorted(f"{ip}:{port}" for ip, port in opened if not _is_loopback(ip))
         assert not exposed, f"listening beyond loopback: {exposed}"
+        # The dashboard serves the State API that Ray Train polls; it listens on loopback.
+        url = re.search(r"Ray dashboard: http://(127\.0\.0\.1):(\d+)", capsys.readouterr().out)
+        assert (url.group(1), int(url.group(2))) in opened
+        from ray.util.state import list_nodes
+
+        assert [n.node_ip for n in list_nodes(address=f"http://127.0.0.1:{url.group(2)}", timeout=30)] == ["127.0.0.1"]
     finally:
         ray.shutdown()

@@ -226,6 +226,21 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path, ray_local):
     assert read_manifest(out / "train" / "manifest.json").settings["chunk_frames"] == 8
 
 
+def test_another_corpus_into_the_same_output_is_refused_not_taken_as_packed(tmp_path: Path, ray_local):
+    """Same settings, other videos: the old shards must neither be reused nor replaced."""
+    out = tmp_path / "out"
+    first = small_corpus(tmp_path / "first", {"a": ("Train_Set", 20)}, audio=False)
+    pack_corpus(first, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False)
+    before = (out / "train" / "shard-000000.tar").read_bytes()
+    other = small_corpus(tmp_path / "other", {"a": ("Train_Set", 20), "b": ("Train_Set", 12)}, audio=False)
+    with pytest.raises(PackError, match="already packed with other settings \\(inputs: packed"):
+        pack_corpus(other, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False)
+    assert (out / "train" / "shard-000000.tar").read_bytes() == before
+    moved = tmp_path / "moved"
+    first.rename(moved)  # the same corpus somewhere else is still already packed
+    assert pack_corpus(moved, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False).splits["train"].already_packed
+
+
 @pytest.mark.slow
 def test_interrupted_pack_resumes_to_byte_identical_shards(demo_corpus: Path, demo_shards: Path, tmp_path: Path, ray_local):
     """Kill a real `mmexpr pack` process (SIGKILL, whole process group with its Ray

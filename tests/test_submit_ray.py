@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mmexpr.submit.target import TargetError, parse_target
+from tests.cluster_job import tiny_cluster_job
 from tests.netns import netns_missing_reason, wait_until
 
 MMEXPR = str(Path(sys.executable).with_name("mmexpr"))
@@ -51,17 +52,7 @@ def test_unreachable_ray_address_fails_in_seconds_with_a_plain_message(tmp_path)
 
 
 def _tiny_job(shards: Path, output: Path, steps: int) -> list[str]:
-    """A CPU job small enough for 2 shared cores: tiny encoders, one worker per Ray node."""
-    return [
-        "jobs/demo.yaml",
-        "--set", f"data.shards={shards}", "--set", f"output={output}",
-        "--set", "model.preset=tiny", "--set", "train.workers=2", "--set", "train.cpus_per_worker=1",
-        "--set", f"train.max_steps={steps}", "--set", "train.warmup_steps=1",
-        "--set", "train.eval_every=1000", "--set", f"train.checkpoint_every={steps}",
-        "--set", "data.batch_size=2", "--set", "data.window=8", "--set", "data.loader_workers=0",
-        "--set", f"track.tracking_uri=sqlite:///{output}/mlflow.db", "--set", "track.register_model=''",
-        "--set", "track.experiment=ray-jobs",
-    ]
+    return tiny_cluster_job(shards, output, steps=steps, checkpoint_every=steps, experiment="ray-jobs")
 
 
 @pytest.fixture(scope="module")

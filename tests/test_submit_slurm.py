@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_job import tiny_cluster_job
 from tests.netns import NetnsPair, netns_missing_reason, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,14 +110,8 @@ def _cli(slurm, args: list[str], timeout: float = 120) -> subprocess.CompletedPr
 
 def _tiny_job(shards: Path, output: Path, steps: int, every: int) -> list[str]:
     return [
-        "jobs/demo.yaml",
-        "--set", f"data.shards={shards}", "--set", f"output={output}",
-        "--set", "model.preset=tiny", "--set", "train.workers=2", "--set", "train.cpus_per_worker=1",
-        "--set", f"train.max_steps={steps}", "--set", "train.warmup_steps=1",
-        "--set", "train.eval_every=1000", "--set", f"train.checkpoint_every={every}",
-        "--set", "data.batch_size=2", "--set", "data.window=8", "--set", "data.loader_workers=0",
-        "--set", f"track.tracking_uri=sqlite:///{output}/mlflow.db", "--set", "track.register_model=''",
-        "--set", "track.experiment=slurm", "--set", "train.log_every=1",
+        *tiny_cluster_job(shards, output, steps=steps, checkpoint_every=every, experiment="slurm"),
+        "--set", "train.log_every=1",
         "--set", "slurm.nodes=2", "--set", "slurm.cpus_per_node=1", "--set", "slurm.time=15",
         "--set", "slurm.join_timeout=180",
     ]
@@ -144,7 +139,7 @@ def _steps(slurm, run_id: str, output: Path) -> list[int]:
 @pytest.mark.slow
 def test_slurm_job_preempted_mid_run_requeues_and_resumes_into_the_same_run(slurm, demo_shards, tmp_path):
     out = tmp_path / "runs"
-    submitted = _cli(slurm, ["train", *_tiny_job(demo_shards, out, 20, 10), "--on", "slurm"])
+    submitted = _cli(slurm, ["train", *_tiny_job(demo_shards, out, 30, 10), "--on", "slurm"])
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     job_id = re.search(r"submitted SLURM job (\d+)", submitted.stdout).group(1)
 
@@ -167,7 +162,7 @@ def test_slurm_job_preempted_mid_run_requeues_and_resumes_into_the_same_run(slur
     assert "JobState=COMPLETED" in slurm.run(["scontrol", "show", "job", "-o", job_id]).stdout, log[-5000:]
     assert "requeueing job" in log and "start 2" in log
     resumed_at = int(re.search(r"resuming from \S+/step-0*(\d+)", log).group(1))
-    assert 0 < resumed_at < 20, "the restart did not resume from the preemption checkpoint"
+    assert 0 < resumed_at < 30, "the restart did not resume from the preemption checkpoint"
     assert set(re.findall(r"^run ([0-9a-f]{32}): ", log, re.M)) == {run_id}, "resumed into another run"
     assert re.search(rf"ip={slurm.nodes['n2'].ip}", log), "no train worker ran on the second node"
 
@@ -175,4 +170,4 @@ def test_slurm_job_preempted_mid_run_requeues_and_resumes_into_the_same_run(slur
 
     run = MlflowClient(f"sqlite:///{out}/mlflow.db").get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert _steps(slurm, run_id, out) == list(range(1, 21)), "steps repeated or missing across the restart"
+    assert _steps(slurm, run_id, out) == list(range(1, 31)), "steps repeated or missing across the restart"

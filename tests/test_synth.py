@@ -312,8 +312,11 @@ def _voice_features(samples: np.ndarray) -> np.ndarray:
 
 
 def test_face_crops_exist_for_exactly_the_frames_with_a_face(tmp_path: Path) -> None:
+    from mmexpr.cli import main
+
     out = tmp_path / "crops"
-    write_corpus(out, SynthSpec(videos=3, seconds=1.5, seed=2, face_crops=True), progress=False)
+    args = ["synth", str(out), "--videos", "3", "--seconds", "1.5", "--seed", "2", "--face-crops", "--workers", "1"]
+    assert main(args) == 0
     for video in _corpus(out)["videos"]:
         for track in video["tracks"]:
             labels = _labels(out, video, track["name"])

@@ -268,6 +268,17 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
     return Decoded(frames, audio, bool(meta.get("has_audio", len(audio) > 0)), meta)
 
 
+def fill_audio(row: np.ndarray, audio: np.ndarray, a0: int, a1: int) -> int:
+    """Copy samples [a0, a1) of a track to the start of a window's zeroed audio row, cut to the
+    row and to the track; returns the samples copied (the window's audio_len). Training and
+    prediction both fill windows here, so a window hears the same audio in both."""
+    a1 = min(a1, len(audio), a0 + len(row))
+    if a1 <= a0:
+        return 0
+    row[: a1 - a0] = audio[a0:a1]
+    return a1 - a0
+
+
 class BatchBuilder:
     """Fills the batch arrays of the brief from decoded samples and window references."""
 
@@ -301,12 +312,9 @@ class BatchBuilder:
             fps[b] = meta["fps"]
             start[b] = meta["first_frame"] + lo
             tracks[b] = meta["track"]
-            if dec.has_audio and len(dec.audio):
-                a0 = int(round(lo * self.rate / meta["fps"]))
-                a1 = min(int(round(hi * self.rate / meta["fps"])), len(dec.audio), a0 + self.S)
-                if a1 > a0:
-                    audio[b, : a1 - a0] = dec.audio[a0:a1]
-                    audio_len[b] = a1 - a0
+            if dec.has_audio:
+                a0, a1 = int(round(lo * self.rate / meta["fps"])), int(round(hi * self.rate / meta["fps"]))
+                audio_len[b] = fill_audio(audio[b], dec.audio, a0, a1)
         return {
             "video": torch.from_numpy(video),
             "audio": torch.from_numpy(audio),

@@ -183,6 +183,19 @@ def _run_settings(settings: PackSettings, shard_mb: float) -> dict:
     return {**settings.to_dict(), "shard_mb": shard_mb, "format_version": VERSION}
 
 
+def inputs_digest(jobs: list[VideoJob]) -> str:
+    """Which inputs a split was packed from (names, sizes, labels), so that shards of another
+    corpus at the same OUT are never taken for "already packed". Paths are left out: a
+    corpus moved elsewhere is still the same corpus."""
+    h = hashlib.sha256()
+    for job in sorted(jobs, key=lambda j: j.video):
+        h.update(f"{job.video}\0{os.path.getsize(job.path)}\0".encode())
+        for track in job.tracks:
+            h.update(f"{track.name}\0".encode())
+            h.update(np.asarray(track.labels, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _differences(stored: dict | None, run: dict) -> str:
     if not isinstance(stored, dict):
         return "unreadable stored settings"
@@ -368,8 +381,9 @@ def pack_corpus(
     summary = PackSummary(out=str(out))
     jobs_by_split = {split: [j for j in found.jobs if j.split == split] for split in found.splits()}
     todo_splits = []
+    split_runs = {split: {**run, "inputs": inputs_digest(jobs)} for split, jobs in jobs_by_split.items()}
     for split, jobs in jobs_by_split.items():
-        if _prepare_split(out / split, run, overwrite):
+        if _prepare_split(out / split, split_runs[split], overwrite):
             summary.splits[split] = _summary_from_manifest(out / split, split, jobs)
         else:
             todo_splits.append(split)
@@ -397,7 +411,7 @@ def pack_corpus(
         if not any(metas[j.video]["samples"] for j in jobs):
             summary.splits[split] = SplitSummary(split)
             continue
-        manifest = _assemble(split, out / split, jobs, metas, run, skipped)
+        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped)
         write_manifest(manifest, out / split)
         shutil.rmtree(out / split / WORK, ignore_errors=True)
         summary.splits[split] = SplitSummary(

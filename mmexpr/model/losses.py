@@ -78,8 +78,8 @@ def info_nce(
     frames [N,E], classes [C,E] (both normalised here), labels [N] (-1 ignored).
     """
     valid = _valid(labels)
-    if not valid.any():
-        return frames.sum() * 0.0 + scale * 0.0
+    if not valid.any():  # zero, but every input stays in the graph: ZeRO needs each grad on every rank
+        return (frames.sum() + classes.sum() + scale) * 0.0
     f = F.normalize(frames[valid].float(), dim=-1)
     c = F.normalize(classes.float(), dim=-1)
     return F.cross_entropy(scale * f @ c.t(), labels[valid])

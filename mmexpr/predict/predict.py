@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmexpr.data.loader import MIN_FPS
+from mmexpr.data.loader import MIN_FPS, fill_audio
 from mmexpr.errors import UserError
 from mmexpr.labels import write_submission
 from mmexpr.metrics import Scores, score
@@ -111,11 +111,7 @@ def window_batch(track: Track, starts: list[int], window: int, sample_rate: int)
         video[i, : e - s] = track.frames[s:e].transpose(0, 3, 1, 2)
         mask[i, : e - s] = True
         if track.has_audio:
-            a0, a1 = track.audio_span(s, e, sample_rate)
-            a1 = min(a1, len(track.audio), a0 + samples)
-            if a1 > a0:
-                audio[i, : a1 - a0] = track.audio[a0:a1]
-                audio_len[i] = a1 - a0
+            audio_len[i] = fill_audio(audio[i], track.audio, *track.audio_span(s, e, sample_rate))
     return {
         "video": torch.from_numpy(video),
         "audio": torch.from_numpy(audio),

@@ -32,11 +32,16 @@ def start_ray(address: str | None, *, num_cpus: int | None = None, **init_kwargs
     if address:
         ray.init(address=address, **init_kwargs)
         return True
-    ray.init(
+    # The dashboard is on: Ray Train's placement-group cleaner asks the State API (served by
+    # the dashboard) whether the controller lives, and warns every few seconds without it.
+    context = ray.init(
         address="local",
         _node_ip_address=LOOPBACK,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host=LOOPBACK,
         num_cpus=num_cpus or os.cpu_count() or 1,
         **init_kwargs,
     )
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     return True

@@ -70,22 +70,17 @@ def run_sweep(job_path: str, grids: list[str], overrides: list[str], *, dry_run:
         print(f"  {i}. {v.label}")
     if dry_run:
         return sweep_id, [(v, None) for v in variants]
-    from mlflow.tracking import MlflowClient
-
     from mmexpr.train.driver import run_training
     from mmexpr.train.tracking import tracking_uri
     done: list[tuple[Variant, str | None]] = []
     for i, v in enumerate(variants, 1):
         print(f"\n== sweep {sweep_id}: variant {i}/{len(variants)}: {v.label}", flush=True)
         try:
-            result = run_training(v.job)
+            result = run_training(v.job, tags={SWEEP_TAG: sweep_id, VARIANT_TAG: v.label})
         except Exception as exc:  # one broken variant must not cost the others
             print(f"variant {v.label} failed: {exc}", flush=True)
             done.append((v, None))
             continue
-        client = MlflowClient(tracking_uri=result.tracking_uri)
-        client.set_tag(result.run_id, SWEEP_TAG, sweep_id)
-        client.set_tag(result.run_id, VARIANT_TAG, v.label)
         done.append((v, result.run_id))
     from mmexpr.track.runs import list_runs, runs_table
 

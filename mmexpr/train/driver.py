@@ -26,7 +26,7 @@ from mmexpr.errors import UserError
 from mmexpr.train import checkpoint as ckpt
 from mmexpr.train import tracking
 
-SETUP_HOOK = "mmexpr.train.preemption.install"
+SETUP_HOOK = "mmexpr.train.worker_setup.setup"
 
 
 class TrainSetupError(UserError):
@@ -202,8 +202,12 @@ def _fit(job: JobConfig, loop_config: dict, run_dir: Path):
 # ---------------------------------------------------------------- the whole invocation
 
 
-def run_training(job: JobConfig, resume: str | None = None, *, address: str | None = None) -> TrainResult:
-    """Train `job` (continuing `resume`: 'latest', a run id or a path) and return what happened."""
+def run_training(
+    job: JobConfig, resume: str | None = None, *, address: str | None = None, tags: dict[str, str] | None = None
+) -> TrainResult:
+    """Train `job` (continuing `resume`: 'latest', a run id or a path) and return what happened.
+
+    `tags` go on the MLflow run when it opens (a sweep's id), so a run that fails still has them."""
     job = absolute_job(job)
     class_counts = check_data(job)
     check_resources(job, address)
@@ -213,8 +217,8 @@ def run_training(job: JobConfig, resume: str | None = None, *, address: str | No
 
     store = tracking.choose_store(job)
     print(store.note, flush=True)
-    tags = {"world_size": str(job.train.workers), "accelerator": "gpu" if job.train.use_gpu else "cpu",
-            "zero_stage": str(job.train.zero_stage)}
+    tags = {**(tags or {}), "world_size": str(job.train.workers),
+            "accelerator": "gpu" if job.train.use_gpu else "cpu", "zero_stage": str(job.train.zero_stage)}
     run_id = None
     if point is not None:
         try:

@@ -1,13 +1,14 @@
 """SIGTERM / SIGUSR1 in a worker: finish the step, checkpoint, stop (preemption, SLURM).
 
 Ray Train runs the training function in a thread, and Python only lets the main thread
-install signal handlers. So `install` is Ray's `worker_process_setup_hook` (set by the
-driver in the job's runtime_env): it runs in each worker process's main thread at start-up
-and records a signal in a process-wide Event. That Event is the one piece of module state
-here, because a signal handler can reach nothing else. The training loop `arm()`s it while
-it runs and checks `requested()` once per step (agreeing across ranks with an all-reduce,
-so every rank saves the same step). Outside an armed loop, SIGTERM goes to the handler
-that was there before, so Ray can still shut its workers down normally.
+install signal handlers. So `install` runs from Ray's `worker_process_setup_hook`
+(worker_setup.py, set by the driver in the job's runtime_env) in each worker process's main
+thread at start-up, and records a signal in a process-wide Event. That Event is the one
+piece of module state here, because a signal handler can reach nothing else. The training
+loop `arm()`s it while it runs and checks `requested()` once per step (agreeing across
+ranks with an all-reduce, so every rank saves the same step). Outside an armed loop,
+SIGTERM goes to the handler that was there before, so Ray can still shut its workers down
+normally.
 """
 
 from __future__ import annotations
