@@ -96,6 +96,31 @@ def resumed_run(ray_local, demo_shards, tmp_path_factory):
     return job, first, second
 
 
+# ---------------------------------------------------------------- the cluster the driver starts
+
+
+def test_every_worker_process_names_its_own_cluster_and_handles_preemption_signals(ray_local):
+    """Ray Train's placement-group cleaner asks the State API about the controller; with no
+    RAY_ADDRESS it may ask another Ray cluster on the machine and tear down a healthy run."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def facts(self) -> tuple[str | None, str, bool]:
+            import signal
+
+            from mmexpr.train import preemption
+
+            return (os.environ.get("RAY_ADDRESS"), ray.get_runtime_context().gcs_address,
+                    signal.getsignal(signal.SIGUSR1) is preemption._handler)
+
+    probe = Probe.remote()
+    address, gcs, handled = ray.get(probe.facts.remote(), timeout=120)
+    ray.kill(probe)
+    assert address == gcs and gcs.startswith("127.0.0.1:")
+    assert handled, "the worker_process_setup_hook routes SIGUSR1 to the training loop"
+
+
 # ---------------------------------------------------------------- refusals before Ray starts
 
 
