@@ -96,6 +96,20 @@ def resumed_run(ray_local, demo_shards, tmp_path_factory):
     return job, first, second
 
 
+def test_one_worker_runs_zero_stage_0_unless_it_offloads():
+    """Partitioning over one rank saves nothing and costs copies; offload is the exception."""
+    from mmexpr.train.engine import deepspeed_config, placement, zero_stage_for
+
+    job = load_job(None, ["train.zero_stage=2"])
+    assert zero_stage_for(job, 1) == 0 and zero_stage_for(job, 2) == 2
+    offload = load_job(None, ["train.zero_stage=3", "train.offload=true"])
+    assert zero_stage_for(offload, 1) == 3
+    import torch
+
+    config = deepspeed_config(offload, placement(offload, torch.device("cpu")), zero_stage_for(offload, 1))
+    assert config["zero_optimization"]["stage"] == 3 and "offload_optimizer" in config["zero_optimization"]
+
+
 # ---------------------------------------------------------------- the cluster the driver starts
 
 

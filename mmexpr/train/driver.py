@@ -215,10 +215,12 @@ def run_training(
     if point is not None:
         check_resume_fits(job, point)
 
+    from mmexpr.train.engine import zero_stage_for
+
     store = tracking.choose_store(job)
     print(store.note, flush=True)
     tags = {**(tags or {}), "world_size": str(job.train.workers),
-            "accelerator": "gpu" if job.train.use_gpu else "cpu", "zero_stage": str(job.train.zero_stage)}
+            "accelerator": "gpu" if job.train.use_gpu else "cpu", "zero_stage": str(zero_stage_for(job, job.train.workers))}
     run_id = None
     if point is not None:
         try:

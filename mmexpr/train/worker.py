@@ -31,7 +31,7 @@ import torch.distributed as dist
 from mmexpr.config import JobConfig, job_from_dict
 from mmexpr.train import checkpoint as ckpt
 from mmexpr.train import preemption
-from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device
+from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
 
 
 @dataclass
@@ -97,7 +97,8 @@ class Trainer:
 
         source = choose_source(self.run_dir, config.get("resume_tag"), config["started_at"])
         meta = ckpt.read_meta(source) if source is not None else None
-        same_layout = meta is not None and meta["world_size"] == self.world and meta["zero_stage"] == self.job.train.zero_stage
+        self.zero_stage = zero_stage_for(self.job, self.world)
+        same_layout = meta is not None and meta["world_size"] == self.world and meta["zero_stage"] == self.zero_stage
         torch.manual_seed(self.job.train.seed)  # identical initial weights on every rank
         model = build_model(self.job.model, config.get("class_counts"))
         portable = None
@@ -235,7 +236,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "world_size": self.world,
         }
-        meta = {"world_size": self.world, "zero_stage": self.job.train.zero_stage, "epoch": self.train_loader.epoch,
+        meta = {"world_size": self.world, "zero_stage": self.zero_stage, "epoch": self.train_loader.epoch,
                 "val_macro_f1": p.last_f1, "run_id": self.logger.run_id if self.logger else None}
         saved = ckpt.save(self.engine, self.optimizer, self.ckpt_dir, p.step, client, meta,
                           is_best=is_best, keep_last=self.job.train.keep_last)

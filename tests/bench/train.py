@@ -232,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
+    from mmexpr.train.engine import zero_stage_for
+
     rows = []
     if full is not None:
         rows.append(Ratio("overhead: plain / Ray+DeepSpeed samples/s", plain / full["samples_per_s"], 1.10,
                           higher_is_better=False,
                           detail=f"{plain:.2f} vs {full['samples_per_s']:.2f} samples/s, 1 worker, 1 thread, "
-                                 f"ZeRO-{job.train.zero_stage}"))
+                                 f"ZeRO-{job.train.zero_stage} (runs as {zero_stage_for(job, 1)} on one worker)"))
     for stage, r in zero.items():
         measured = r["params"] + r["grads"] + r["optimizer"]
         expected = paper_bytes(stage, r["psi"], 2)
