@@ -272,7 +272,17 @@ def test_resume_on_one_worker_keeps_optimizer_state_and_skips_interrupted_checkp
     result = run_training(one, resume="latest")
     assert result.step == 28 and result.world_size == 1 and result.run_id == second.run_id
     assert not broken.exists(), "the next save removes leftovers of an interrupted one"
-    assert ckpt.read_meta(ckpt.latest(ckpt_dir))["world_size"] == 1
+    last = ckpt.latest(ckpt_dir)
+    assert ckpt.read_meta(last)["world_size"] == 1
+    assert ckpt.read_meta(last)["zero_stage"] == 0, "one worker without offload runs ZeRO stage 0"
+    # predict reads that stage-0 checkpoint as DeepSpeed wrote it: the same weights as its portable copy
+    import torch
+
+    from mmexpr.predict.weights import load_checkpoint
+
+    loaded = load_checkpoint(last).model.state_dict()
+    for name, value in ckpt.load_portable(last)["weights"].items():
+        assert torch.equal(loaded[name], value), name
     metrics = _client(result.tracking_uri).get_run(result.run_id).data.metrics
     for key in ("exp_avg", "exp_avg_sq"):
         saved, loaded = metrics[f"resume/{key}_norm_saved"], metrics[f"resume/{key}_norm_loaded"]

@@ -47,11 +47,10 @@ def zero_stage_for(job: JobConfig, world_size: int) -> int:
     return 0 if world_size == 1 and not t.offload else t.zero_stage
 
 
-def deepspeed_config(job: JobConfig, place: Placement, stage: int | None = None) -> dict[str, Any]:
-    """The DeepSpeed config dict for this job (see cluster/deepspeed/zero.json) at `stage`
-    (default: the job's)."""
+def deepspeed_config(job: JobConfig, place: Placement, stage: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this job (see cluster/deepspeed/zero.json) at ZeRO `stage`
+    (`zero_stage_for`)."""
     t = job.train
-    stage = t.zero_stage if stage is None else stage
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 1:
         zero.update(contiguous_gradients=True, overlap_comm=place.accelerator == "cuda")
