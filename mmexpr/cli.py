@@ -48,7 +48,7 @@ def _synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
 
     def run(args: argparse.Namespace) -> int:
-        from mmexpr.data.synth import SynthSpec, write_corpus
+        from mmexpr.synth.corpus import SynthSpec, write_corpus
 
         spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,
                          face_crops=args.face_crops, workers=args.workers)
@@ -186,8 +186,8 @@ def _ui(sub: argparse._SubParsersAction) -> None:
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:
-        from mmexpr.track.runs import resolve_tracking_uri
-        from mmexpr.track.ui import serve_forever
+        from mmexpr.runs.listing import resolve_tracking_uri
+        from mmexpr.runs.ui import serve_forever
 
         serve_forever(resolve_tracking_uri(args.tracking_uri, args.output), host=args.host, port=args.port)
         return 0
@@ -205,7 +205,7 @@ def _runs(sub: argparse._SubParsersAction) -> None:
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:
-        from mmexpr.track.runs import (
+        from mmexpr.runs.listing import (
             compare_table,
             find_run,
             list_runs,
@@ -240,7 +240,7 @@ def _sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", dest="sweep_id", help="sweep id (default: job name + time); reuse one to add variants")
 
     def run(args: argparse.Namespace) -> int:
-        from mmexpr.track.sweep import run_sweep
+        from mmexpr.submit.sweep import run_sweep
 
         run_sweep(args.job, args.grid, args.overrides, dry_run=args.dry_run, sweep_id=args.sweep_id)
         return 0
@@ -253,8 +253,8 @@ def _pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="folder with videos/, annotations/<Split_Set>/, optional cropped_aligned/, transcripts/")
     p.add_argument("out", help="output folder: OUT/<split>/shard-NNNNNN.tar + manifest.json")
     p.add_argument("--split", dest="splits", action="append", default=None, help="pack only this split (repeatable)")
-    p.add_argument("--chunk-frames", type=int, default=64, help="frames per sample")
-    p.add_argument("--face-size", type=int, default=112, help="face frames are stored at this square size")
+    p.add_argument("--chunk-frames", type=int, default=None, help="frames per sample (default 64)")
+    p.add_argument("--face-size", type=int, default=None, help="face frames are stored at this square size (default 112)")
     p.add_argument("--shard-mb", type=float, default=256, help="target shard size in MB")
     p.add_argument("--overwrite", action="store_true", help="replace splits already packed in OUT")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local one on 127.0.0.1)")
@@ -267,8 +267,7 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             args.source,
             args.out,
             splits=args.splits,
-            chunk_frames=args.chunk_frames,
-            face_size=args.face_size,
+            **{k: v for k, v in (("chunk_frames", args.chunk_frames), ("face_size", args.face_size)) if v is not None},
             shard_mb=args.shard_mb,
             overwrite=args.overwrite,
             ray_address=args.ray_address,
@@ -289,13 +288,13 @@ def _train(sub: argparse._SubParsersAction) -> None:
         help="continue a run (same MLflow run, same step count): this job's latest, a run id, or a "
         "run / checkpoints / checkpoint folder",
     )
-    from mmexpr.submit.dispatch import add_target_args
+    from mmexpr.submit.commands import add_target_args
 
     add_target_args(p)
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.config import load_job
-        from mmexpr.submit.dispatch import submit_elsewhere
+        from mmexpr.submit.commands import submit_elsewhere
 
         job = load_job(args.job, args.overrides)
         code = submit_elsewhere(job, args)
@@ -310,23 +309,16 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark from tests/bench (e.g. `bench loader`) and print its ratio table")
-    p.add_argument("name", help="benchmark name: tests/bench/NAME.py")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark's main(argv)")
+    from mmexpr.bench import NAMES
+
+    p = sub.add_parser("bench", help="run a benchmark (mmexpr/bench/NAME.py) and print its ratio table")
+    p.add_argument("name", choices=NAMES, help="benchmark: " + ", ".join(NAMES))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (NAME --help lists them)")
 
     def run(args: argparse.Namespace) -> int:
-        import importlib.util
-        from pathlib import Path
+        import importlib
 
-        folder = Path(__file__).resolve().parents[1] / "tests" / "bench"
-        path = folder / f"{args.name}.py"
-        if not path.is_file():
-            known = sorted(f.stem for f in folder.glob("*.py") if f.stem not in ("table", "__init__"))
-            raise UserError(f"{path}: no such benchmark; available: {', '.join(known) or 'none'}")
-        sys.path.insert(0, str(folder))  # benchmarks share tests/bench/table.py
-        spec = importlib.util.spec_from_file_location(f"bench_{args.name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = importlib.import_module(f"mmexpr.bench.{args.name}")
         return int(module.main(list(args.args)) or 0)
 
     p.set_defaults(func=run)
@@ -336,12 +328,12 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "jobs", help="jobs sent elsewhere: list this project's SLURM jobs (state, run id); status|logs|stop ID"
     )
-    from mmexpr.submit.dispatch import add_jobs_args
+    from mmexpr.submit.commands import add_jobs_args
 
     add_jobs_args(p)
 
     def run(args: argparse.Namespace) -> int:
-        from mmexpr.submit.dispatch import jobs_command
+        from mmexpr.submit.commands import jobs_command
 
         return jobs_command(args)
 

@@ -111,7 +111,7 @@ class TrainConfig(_Strict):
         0, ge=0, description="stop this invocation after N steps with a checkpoint (time slices); 0 runs to max_steps"
     )
     log_every: int = Field(10, ge=1, description="steps between MLflow metric flushes (every step is logged)")
-    progress: bool = Field(True, description="progress bar on rank 0")
+    progress: bool = Field(True, description="one progress display in the driver (a bar on a terminal, a line every 10 s in a log)")
 
 
 class TrackConfig(_Strict):
@@ -194,6 +194,26 @@ class JobConfig(_Strict):
         return path
 
 
+def is_uri(path: str) -> bool:
+    """A location with a scheme (`s3://`, `http://`) or a `pipe:` command: not a local path."""
+    return "://" in path or path.startswith("pipe:")
+
+
+def with_absolute_paths(job: JobConfig, base: Path | None = None) -> JobConfig:
+    """A copy of `job` whose local shards and output paths are absolute (URIs are kept as they are).
+
+    Ray workers and cluster nodes run in other working folders, so a relative path would
+    resolve somewhere else there; the driver and every submitter make paths absolute here.
+    """
+    base = base or Path.cwd()
+    job = job.model_copy(deep=True)
+    if not is_uri(job.data.shards):
+        job.data.shards = str((base / job.data.shards).resolve())
+    if not is_uri(job.output):
+        job.output = str((base / job.output).resolve())
+    return job
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a","b","c"], value); the value is read as YAML (numbers, lists, bools)."""
     if "=" not in text:
@@ -245,15 +265,33 @@ def _section_for(loc: tuple) -> type[BaseModel] | None:
     return cls
 
 
+PACKAGED_JOBS = Path(__file__).with_name("jobs")
+
+
+def find_job_file(path: str | os.PathLike) -> Path:
+    """The job file at `path`, else the packaged job of that name (`jobs/demo.yaml` or `demo`).
+
+    The shipped jobs live inside the package (the repository's `jobs/` links there), so an
+    installed mmexpr run from any folder still finds `jobs/demo.yaml`.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = PACKAGED_JOBS / name
+    if path.parts in ((path.name,), ("jobs", path.name)) and packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_JOBS.glob("*.yaml")))
+    raise ConfigError(f"{path}: job file not found (shipped jobs: {shipped})")
+
+
 def load_job(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
     """Read a job file, apply `--set` overrides, validate everything at once."""
     tree: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
-        path = Path(path)
         origin = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: job file not found")
+        path = find_job_file(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:

@@ -20,10 +20,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmexpr import store
 from mmexpr.config import JobConfig, load_job
-from mmexpr.data.synth import SynthSpec
 from mmexpr.errors import UserError
+from mmexpr.labels import split_track
 from mmexpr.metrics import Scores
+from mmexpr.store import job_tracking_uri
+from mmexpr.synth.corpus import SynthSpec
 
 DEMO_TAG = "mmexpr.demo_job"
 
@@ -68,7 +71,7 @@ def corpus_dir(workdir: Path, size: SynthSpec) -> Path:
 
 def make_corpus(workdir: Path, size: SynthSpec) -> Path:
     """The synthetic corpus, written once per size; an existing one is reused as is."""
-    from mmexpr.data.synth import write_corpus
+    from mmexpr.synth.corpus import write_corpus
 
     out = corpus_dir(workdir, size)
     facts = out / "corpus.json"
@@ -107,12 +110,8 @@ def job_key(job: JobConfig) -> str:
 
 def finished_run(job: JobConfig) -> str | None:
     """An earlier run of exactly this job that reached max_steps, its checkpoints still on disk."""
-    from mlflow.tracking import MlflowClient
-
-    from mmexpr.train.tracking import tracking_uri
-
-    uri = tracking_uri(job)
-    client = MlflowClient(tracking_uri=uri)
+    uri = job_tracking_uri(job)
+    client = store.client(uri)
     exp = client.get_experiment_by_name(job.track.experiment)
     if exp is None:
         return None
@@ -138,10 +137,7 @@ def finished_run(job: JobConfig) -> str | None:
 
 def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
     """(run id, reused?) — trains unless an identical finished run exists."""
-    from mlflow.tracking import MlflowClient
-
     from mmexpr.train.driver import run_training
-    from mmexpr.train.tracking import tracking_uri
 
     if not retrain:
         found = finished_run(job)
@@ -151,18 +147,15 @@ def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
     result = run_training(job)
     if result.best_step is None and result.latest_checkpoint is None:
         raise UserError(f"training run {result.run_id} produced no checkpoint")
-    MlflowClient(tracking_uri=tracking_uri(job)).set_tag(result.run_id, DEMO_TAG, job_key(job))
+    store.client(job_tracking_uri(job)).set_tag(result.run_id, DEMO_TAG, job_key(job))
     return result.run_id, False
 
 
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every stage in order; prints what it does and the final scores."""
-    from mlflow.tracking import MlflowClient
-
     from mmexpr.predict.evaluate import evaluate_dirs
     from mmexpr.predict.predict import PredictOptions, predict
-    from mmexpr.track.ui import runs_url
-    from mmexpr.train.tracking import tracking_uri
+    from mmexpr.runs.ui import runs_url
 
     begin = time.perf_counter()
     workdir = Path(opts.workdir)
@@ -179,7 +172,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     _say(f"3/5 train: {job.train.workers} workers, ZeRO-{job.train.zero_stage}, {job.train.max_steps} steps")
     run_id, reused = train(job, opts.retrain)
 
-    uri = tracking_uri(job)
+    uri = job_tracking_uri(job)
     _say("4/5 evaluate: predict the validation shards with the training evaluation's windows, score the files")
     val_pred = workdir / "predictions" / run_id / "validation-eval"
     common = {"run": run_id, "tracking_uri": uri, "output": job.output, "progress": opts.progress}
@@ -190,11 +183,11 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
     _say("5/5 predict: overlapping windows over the raw validation videos -> ABAW submission files")
     video_pred = workdir / "predictions" / run_id / "validation-videos"
-    val_names = sorted({p.stem.removesuffix("_left").removesuffix("_right") for p in labels.glob("*.txt")})
+    val_names = sorted({split_track(p.stem)[0] for p in labels.glob("*.txt")})
     summary = predict(PredictOptions(out=str(video_pred), videos=str(corpus), video_names=val_names, **common))
     print(summary)
 
-    client = MlflowClient(tracking_uri=uri)
+    client = store.client(uri)
     run = client.get_run(run_id)
     seconds = time.perf_counter() - begin
     _say(f"demo done in {seconds / 60:.1f} min")

@@ -24,7 +24,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 videos x 4 s from the synthetic demo generator, seed 0."""
-    from mmexpr.data.synth import SynthSpec, write_corpus
+    from mmexpr.synth.corpus import SynthSpec, write_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "demo"
     write_corpus(out, SynthSpec(videos=6, seconds=4.0, seed=0, val_fraction=0.34))

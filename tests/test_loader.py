@@ -43,17 +43,17 @@ def _truth(corpus: Path) -> dict[str, np.ndarray]:
 def test_batches_have_the_shapes_and_types_of_the_contract(demo_shards: Path):
     data = _data(batch_size=3, image_size=48)
     batch = next(iter(make_loader(str(demo_shards), "train", data, train=True)))
-    assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (3, 16, 3, 48, 48)
-    assert batch["audio"].dtype == torch.float32 and batch["audio"].shape == (3, math.ceil(16 * 16000 / 24))
-    assert batch["audio_len"].dtype == torch.int64 and batch["labels"].dtype == torch.int64
-    assert batch["mask"].dtype == torch.bool and batch["labels"].shape == batch["mask"].shape == (3, 16)
-    assert batch["fps"].dtype == torch.float32 and batch["start"].dtype == torch.int64
-    assert len(batch["track"]) == 3
+    assert batch.video.dtype == torch.uint8 and batch.video.shape == (3, 16, 3, 48, 48)
+    assert batch.audio.dtype == torch.float32 and batch.audio.shape == (3, math.ceil(16 * 16000 / 24))
+    assert batch.audio_len.dtype == torch.int64 and batch.labels.dtype == torch.int64
+    assert batch.mask.dtype == torch.bool and batch.labels.shape == batch.mask.shape == (3, 16)
+    assert batch.fps.dtype == torch.float32 and batch.start.dtype == torch.int64
+    assert len(batch.track) == 3
     for b in range(3):
-        real = int(batch["mask"][b].sum())
-        assert abs(int(batch["audio_len"][b]) - real * 16000 / float(batch["fps"][b])) <= 1  # sample-aligned
-        assert float(batch["audio"][b, int(batch["audio_len"][b]) :].abs().sum()) == 0.0
-        assert ((batch["labels"][b] >= -1) & (batch["labels"][b] < 8)).all()
+        real = int(batch.mask[b].sum())
+        assert abs(int(batch.audio_len[b]) - real * 16000 / float(batch.fps[b])) <= 1  # sample-aligned
+        assert float(batch.audio[b, int(batch.audio_len[b]) :].abs().sum()) == 0.0
+        assert ((batch.labels[b] >= -1) & (batch.labels[b] < 8)).all()
 
 
 def test_evaluation_covers_every_frame_once_across_two_ranks_and_two_workers(demo_corpus: Path, demo_shards: Path):
@@ -68,10 +68,10 @@ def test_evaluation_covers_every_frame_once_across_two_ranks_and_two_workers(dem
             batches = list(loader)
             assert len(batches) == loader.steps_per_epoch  # equal on every rank
             for batch in batches:
-                for b, track in enumerate(batch["track"]):
-                    for t in np.flatnonzero(batch["mask"][b].numpy()):
-                        frame = int(batch["start"][b]) + int(t)
-                        label = int(batch["labels"][b, t])
+                for b, track in enumerate(batch.track):
+                    for t in np.flatnonzero(batch.mask[b].numpy()):
+                        frame = int(batch.start[b]) + int(t)
+                        label = int(batch.labels[b, t])
                         shown[track, frame] += 1
                         if label != -1:
                             assert label == val[track][frame]
@@ -100,11 +100,11 @@ def test_training_two_ranks_two_workers_see_each_sample_once_per_epoch(demo_corp
         windows: Counter = Counter()
         for i, batch in enumerate(loader):
             if loader.epoch == 0:
-                track, start = batch["track"][0], int(batch["start"][0])
+                track, start = batch.track[0], int(batch.start[0])
                 first = start // CHUNK * CHUNK
                 windows[f"{track}_{first:06d}"] += 1
-                n = int(batch["mask"][0].sum())
-                assert batch["labels"][0, :n].tolist() == truth[track][start : start + n].tolist()
+                n = int(batch.mask[0].sum())
+                assert batch.labels[0, :n].tolist() == truth[track][start : start + n].tolist()
             if i > loader.windows_per_epoch:  # both workers are past epoch 0 by now
                 break
         per_rank.append(windows)
@@ -130,16 +130,16 @@ def test_restored_loader_continues_with_the_batches_not_yet_seen(demo_shards: Pa
     resumed = make_loader(str(demo_shards), "train", data, train=True, seed=1, state=state)
     again = _take(resumed, 6)
     for a, b in zip(rest, again, strict=True):
-        assert a["track"] == b["track"]
+        assert a.track == b.track
         for key in ("video", "audio", "labels", "mask", "start", "audio_len"):
-            assert torch.equal(a[key], b[key]), key
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
     assert state["batches"] == 7 and resumed.state_dict()["batches"] == 13
     # a fresh loader with the same seed repeats the start; another seed does not
-    assert [b["start"].tolist() for b in _take(make_loader(str(demo_shards), "train", data, train=True, seed=1), 7)] == [
-        b["start"].tolist() for b in seen
+    assert [b.start.tolist() for b in _take(make_loader(str(demo_shards), "train", data, train=True, seed=1), 7)] == [
+        b.start.tolist() for b in seen
     ]
     other = _take(make_loader(str(demo_shards), "train", data, train=True, seed=2), 7)
-    assert [b["start"].tolist() for b in other] != [b["start"].tolist() for b in seen]
+    assert [b.start.tolist() for b in other] != [b.start.tolist() for b in seen]
 
 
 def _copy_split(src: Path, dst: Path) -> Path:
@@ -165,7 +165,7 @@ def test_corrupt_member_is_skipped_and_counted(demo_shards: Path, tmp_path: Path
     loader = make_loader(str(root), "validation", data, train=False)
     batches = list(loader)
     assert loader.skipped == 1 and len(batches) == loader.steps_per_epoch
-    frames = sum(int(b["mask"].sum()) for b in batches)
+    frames = sum(int(b.mask.sum()) for b in batches)
     assert frames == loader.manifest.frames - _frames_of(loader, victim)  # only the victim is lost
 
 
@@ -183,7 +183,7 @@ def test_truncated_shard_loses_only_its_tail(demo_shards: Path, tmp_path: Path):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     loader = make_loader(str(root), "validation", _data(batch_size=4), train=False)
-    frames = sum(int(b["mask"].sum()) for b in loader)
+    frames = sum(int(b.mask.sum()) for b in loader)
     assert 0 < loader.skipped < manifest.samples
     assert 0 < frames < manifest.frames
 
@@ -219,8 +219,8 @@ def test_shards_open_through_urls_as_well_as_paths(demo_shards: Path, tmp_path: 
     by_pipe = list(make_loader(str(tmp_path / "piped"), "validation", data, train=False))
     assert len(by_url) == len(by_pipe) == len(by_path)
     for a, b, c in zip(by_path, by_url, by_pipe, strict=True):
-        assert torch.equal(a["video"], b["video"]) and torch.equal(a["video"], c["video"])
-        assert a["track"] == b["track"] == c["track"]
+        assert torch.equal(a.video, b.video) and torch.equal(a.video, c.video)
+        assert a.track == b.track == c.track
 
 
 def test_state_from_another_layout_restarts_its_epoch(demo_shards: Path):

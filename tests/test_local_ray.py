@@ -8,7 +8,7 @@ import re
 import psutil
 import pytest
 
-from mmexpr.submit.local import start_ray
+from mmexpr.local_ray import start_ray
 
 
 def _listening() -> set[tuple[str, int]]:

@@ -11,6 +11,7 @@ import torch
 
 from mmexpr.cli import main
 from mmexpr.config import EncoderConfig, ModelConfig, flatten, load_job
+from mmexpr.data.batch import Batch, audio_samples
 from mmexpr.labels import IGNORE, NUM_CLASSES
 from mmexpr.model.model import build_model, example_batch
 
@@ -39,11 +40,11 @@ def tiny_cfg(**changes) -> ModelConfig:
 def _batch(b: int = 2, t: int = 8, size: int = 48) -> dict:
     batch = example_batch(b, t, size, fps=25.0)
     g = torch.Generator().manual_seed(0)
-    batch["video"] = torch.randint(0, 256, batch["video"].shape, generator=g, dtype=torch.uint8)
-    batch["labels"] = torch.randint(0, NUM_CLASSES, (b, t), generator=g)
-    batch["mask"][0, -2:] = False  # a short chunk: its last two frames are padding
-    batch["labels"][0, -2:] = IGNORE
-    batch["labels"][1, 0] = IGNORE
+    batch.video = torch.randint(0, 256, batch.video.shape, generator=g, dtype=torch.uint8)
+    batch.labels = torch.randint(0, NUM_CLASSES, (b, t), generator=g)
+    batch.mask[0, -2:] = False  # a short chunk: its last two frames are padding
+    batch.labels[0, -2:] = IGNORE
+    batch.labels[1, 0] = IGNORE
     return batch
 
 
@@ -92,9 +93,9 @@ def test_forward_shapes_masks_and_losses_for_every_switch(changes):
     model.eval()
     with torch.no_grad():
         first = model(batch)["loss"]
-        batch["labels"][0, -2:] = 3
+        batch.labels[0, -2:] = 3
         assert torch.allclose(first, model(batch)["loss"])
-    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    no_labels = batch.without_labels()
     assert "loss" not in model(no_labels)
 
 
@@ -116,11 +117,11 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case
     model = build_model(tiny_cfg(**changes), None).train()
     batch = _batch()
     if case == "no labelled frame":
-        batch["labels"][:] = IGNORE
+        batch.labels[:] = IGNORE
     elif case == "no audio":
-        batch["audio_len"][:] = 0
+        batch.audio_len[:] = 0
     else:
-        batch["mask"][:] = False
+        batch.mask[:] = False
     assert _params_without_grad(model, batch) == []
 
 
@@ -128,10 +129,10 @@ def test_window_without_audio_is_masked_and_its_audio_samples_are_ignored():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), None).eval()
     batch = _batch()
-    batch["audio_len"][1] = 0
+    batch.audio_len[1] = 0
     with torch.no_grad():
         out = model(batch)
-        batch["audio"][1] = torch.randn(batch["audio"].shape[1])  # garbage beyond audio_len
+        batch.audio[1] = torch.randn(batch.audio.shape[1])  # garbage beyond audio_len
         again = model(batch)
     assert torch.isfinite(out["logits"]).all()
     assert not out["audio_mask"][1].any() and out["audio_mask"][0, :6].all()
@@ -187,7 +188,7 @@ def _demo_like_windows(b: int = 8, t: int = 16, size: int = 64, fps: float = 25.
         first, second = torch.randperm(NUM_CLASSES, generator=g)[:2].tolist()
         labels[i, :cut], labels[i, cut:] = first, second
     video = textures[labels] + torch.randn(b, t, 3, size, size, generator=g) * 25
-    samples = math.ceil(t * 16000 / 24)
+    samples = audio_samples(t, 16000)
     seconds = torch.arange(samples) / 16000
     frame_of_sample = (seconds * fps).long().clamp(max=t - 1).expand(b, -1)
     tone = 200.0 + 150.0 * labels.gather(1, frame_of_sample).float()
@@ -199,22 +200,24 @@ def _demo_like_windows(b: int = 8, t: int = 16, size: int = 64, fps: float = 25.
     mask[0, -3:] = False
     labels[0, -3:] = IGNORE
     labels[1, :2] = IGNORE
-    return {
-        "video": video.clamp(0, 255).to(torch.uint8),
-        "audio": audio,
-        "audio_len": audio_len,
-        "fps": torch.full((b,), fps),
-        "labels": labels,
-        "mask": mask,
-    }
+    return Batch(
+        video=video.clamp(0, 255).to(torch.uint8),
+        audio=audio,
+        audio_len=audio_len,
+        fps=torch.full((b,), fps),
+        mask=mask,
+        start=torch.zeros(b, dtype=torch.long),
+        track=["demo-like"] * b,
+        labels=labels,
+    )
 
 
 def _accuracy(model, batch) -> float:
     model.eval()
     with torch.no_grad():
         pred = model(batch)["logits"].argmax(-1)
-    valid = batch["labels"] != IGNORE
-    return float((pred[valid] == batch["labels"][valid]).float().mean())
+    valid = batch.labels != IGNORE
+    return float((pred[valid] == batch.labels[valid]).float().mean())
 
 
 def test_tiny_model_overfits_a_small_batch_of_demo_like_windows():
@@ -330,7 +333,7 @@ def test_tiny_model_overfits_a_batch_of_packed_demo_windows(demo_shards):
         shards=str(demo_shards), window=16, stride=16, image_size=64, batch_size=8, loader_workers=0
     )
     batch = next(iter(make_loader(str(demo_shards), "train", data, train=True, seed=0)))
-    assert (batch["labels"] != IGNORE).sum() > 64
+    assert (batch.labels != IGNORE).sum() > 64
     torch.manual_seed(0)
     cfg = tiny_cfg(
         hidden=64,

@@ -327,18 +327,18 @@ def test_real_faces_and_speech_pack_and_load(shared_data: Path, tmp_path: Path, 
     loader = make_loader(str(tmp_path / "out"), "validation", data, train=False)
     labelled, voiced, energy = 0, 0, 0.0
     for batch in loader:
-        m = batch["mask"]
-        assert (batch["labels"][m] == 4).all()
+        m = batch.mask
+        assert (batch.labels[m] == 4).all()
         labelled += int(m.sum())
-        video_px = batch["video"][m[:, :, None, None, None].expand_as(batch["video"])].float()
+        video_px = batch.video[m[:, :, None, None, None].expand_as(batch.video)].float()
         if len(video_px):
-            rgb = batch["video"].float()
+            rgb = batch.video.float()
             assert (rgb[:, :, 0] - rgb[:, :, 1]).abs().mean() < 6  # grey faces stay grey
-        for b in range(len(batch["track"])):
-            n = int(batch["audio_len"][b])
+        for b in range(len(batch.track)):
+            n = int(batch.audio_len[b])
             if n:
                 voiced += n
-                energy += float((batch["audio"][b, :n] ** 2).sum())
+                energy += float((batch.audio[b, :n] ** 2).sum())
     assert labelled == frames
     assert voiced == round(frames / 25 * 16000)  # every frame's audio, once
     source_rms = float(np.sqrt(np.mean(clip**2)))

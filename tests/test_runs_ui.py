@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from mmexpr.cli import main
-from mmexpr.track.runs import SWEEP_TAG, RunNotFound, compare_table, find_run, list_runs, runs_table
-from mmexpr.track.ui import UIError, compare_url, free_port, run_url, start_ui
+from mmexpr.runs.listing import (
+    SWEEP_TAG,
+    RunNotFound,
+    compare_table,
+    find_run,
+    list_runs,
+    runs_table,
+)
+from mmexpr.runs.ui import UIError, compare_url, free_port, run_url, start_ui
 
 
 def _populate(root: Path) -> tuple[str, str, dict[str, str]]:
@@ -171,7 +178,7 @@ def test_start_ui_reports_a_server_that_cannot_start(tmp_path):
 
 
 def test_sweep_expands_every_combination_into_validated_named_jobs():
-    from mmexpr.track.sweep import expand
+    from mmexpr.submit.sweep import expand
 
     job = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml")
     variants = expand(job, ["model.fusion=bi,concat", "model.modalities=audio_video,video"], ["train.max_steps=5"], "sw")

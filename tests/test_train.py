@@ -381,8 +381,8 @@ def test_demo_job_learns_well_above_chance_in_a_short_run(ray_local, tmp_path):
     0.125, and one modality alone tops out near 0.5 by design, see data/synth.py). Catches a
     model, loss, loader or optimiser change that stops the model learning."""
     from mmexpr.data.pack import pack_corpus
-    from mmexpr.data.synth import write_corpus
     from mmexpr.demo import FULL
+    from mmexpr.synth.corpus import write_corpus
     from mmexpr.train.driver import run_training
 
     corpus = write_corpus(tmp_path / "corpus", FULL, progress=False).out

@@ -38,6 +38,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from mmexpr.data.batch import frame_sample
 from mmexpr.data.sources import TrackSource, VideoJob
 from mmexpr.labels import IGNORE, NUM_CLASSES, FitResult, LabelFileError, fit_to_frames
 
@@ -281,8 +282,8 @@ def _chunk_words(job: VideoJob, first: int, frames: int, fps: float) -> list[dic
 def _chunk_audio(audio: np.ndarray | None, first: int, frames: int, fps: float, rate: int) -> np.ndarray:
     if audio is None:
         return np.zeros(0, np.float32)
-    begin = int(round(first * rate / fps))
-    length = int(round(frames * rate / fps))
+    begin = frame_sample(first, fps, rate)
+    length = frame_sample(frames, fps, rate)
     piece = audio[begin : begin + length]
     if len(piece) < length:
         piece = np.concatenate([piece, np.zeros(length - len(piece), np.float32)])

@@ -3,7 +3,7 @@
 Public API (the training and prediction code calls only this):
 
     loader = make_loader(shards_root, split, data_cfg, train=True, rank=r, world_size=n, seed=s)
-    for batch in loader: ...          # dicts in the batch format of the brief (see below)
+    for batch in loader: ...          # mmexpr.data.batch.Batch
     loader.state_dict() / loader.load_state_dict(state)   # resume where a run stood
     loader.windows_per_epoch, loader.steps_per_epoch, loader.skipped
     read_manifest(path) -> Manifest   # re-exported from mmexpr.data.manifest
@@ -14,10 +14,7 @@ the number of batches every rank yields in evaluation. `skipped` counts unreadab
 The state is a small JSON-able dict (batches consumed, epoch, layout); save it with a
 checkpoint and pass it back as `state=` (or `load_state_dict`) to continue.
 
-Batch: "video" uint8 [B,T,3,H,W], "audio" float32 [B,S] (S = ceil(T*16000/24), zero
-padded), "audio_len" int64 [B], "fps" float32 [B], "labels" int64 [B,T] (-1 = ignore),
-"mask" bool [B,T] (False = padding), "start" int64 [B] (absolute frame in the track),
-"track" list[str].
+Batches are `mmexpr.data.batch.Batch` (its docstring has every field and shape).
 
 Training (`train=True`) is an endless stream: epoch after epoch, full batches only, each
 rank and DataLoader worker reading a different part of the data. Evaluation is one pass:
@@ -61,12 +58,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmexpr.config import DataConfig
+from mmexpr.data.batch import Batch, BatchArrays, frame_sample
 from mmexpr.data.decode import MemberError, decode_video, decode_wav
 from mmexpr.data.manifest import Manifest, ManifestError, manifest_path, read_manifest
 
 __all__ = ["WindowLoader", "make_loader", "read_manifest", "Manifest", "ManifestError"]
 
-MIN_FPS = 24  # audio buffer per window is sized for this frame rate or faster
 STATE_VERSION = 1
 
 
@@ -268,63 +265,28 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
     return Decoded(frames, audio, bool(meta.get("has_audio", len(audio) > 0)), meta)
 
 
-def fill_audio(row: np.ndarray, audio: np.ndarray, a0: int, a1: int) -> int:
-    """Copy samples [a0, a1) of a track to the start of a window's zeroed audio row, cut to the
-    row and to the track; returns the samples copied (the window's audio_len). Training and
-    prediction both fill windows here, so a window hears the same audio in both."""
-    a1 = min(a1, len(audio), a0 + len(row))
-    if a1 <= a0:
-        return 0
-    row[: a1 - a0] = audio[a0:a1]
-    return a1 - a0
-
-
 class BatchBuilder:
-    """Fills the batch arrays of the brief from decoded samples and window references."""
+    """Batches (batch.py) from decoded samples and the plan's window references."""
 
     def __init__(self, window: int, image_size: int, sample_rate: int) -> None:
         self.T = window
         self.size = image_size
         self.rate = sample_rate
-        self.S = math.ceil(window * sample_rate / MIN_FPS)
 
-    def build(self, windows: list[tuple[WindowRef, Decoded | None]], batch_size: int) -> dict:
-        B, T, size = batch_size, self.T, self.size
-        video = np.zeros((B, T, 3, size, size), np.uint8)
-        audio = np.zeros((B, self.S), np.float32)
-        audio_len = np.zeros(B, np.int64)
-        fps = np.zeros(B, np.float32)
-        labels = np.full((B, T), -1, np.int64)
-        mask = np.zeros((B, T), bool)
-        start = np.zeros(B, np.int64)
-        tracks = [""] * B
+    def build(self, windows: list[tuple[WindowRef, Decoded | None]], batch_size: int) -> Batch:
+        arrays = BatchArrays(batch_size, self.T, self.size, self.rate)
         for b, (ref, dec) in enumerate(windows):
             if dec is None:  # corrupt sample or padding: a fully masked window
                 continue
             meta = dec.meta
-            n = len(meta["labels"])
-            lo, hi = ref.start, min(ref.start + T, n)
-            video[b, : hi - lo] = dec.frames[lo:hi].transpose(0, 3, 1, 2)
-            lab = np.asarray(meta["labels"][lo:hi], np.int64)
-            lab[: max(0, ref.covered - lo)] = -1  # labelled by an earlier window already
-            labels[b, : hi - lo] = lab
-            mask[b, : hi - lo] = True
-            fps[b] = meta["fps"]
-            start[b] = meta["first_frame"] + lo
-            tracks[b] = meta["track"]
-            if dec.has_audio:
-                a0, a1 = int(round(lo * self.rate / meta["fps"])), int(round(hi * self.rate / meta["fps"]))
-                audio_len[b] = fill_audio(audio[b], dec.audio, a0, a1)
-        return {
-            "video": torch.from_numpy(video),
-            "audio": torch.from_numpy(audio),
-            "audio_len": torch.from_numpy(audio_len),
-            "fps": torch.from_numpy(fps),
-            "labels": torch.from_numpy(labels),
-            "mask": torch.from_numpy(mask),
-            "start": torch.from_numpy(start),
-            "track": tracks,
-        }
+            fps = meta["fps"]
+            lo, hi = ref.start, min(ref.start + self.T, len(meta["labels"]))
+            labels = np.asarray(meta["labels"][lo:hi], np.int64)
+            labels[: max(0, ref.covered - lo)] = -1  # labelled by an earlier window already
+            span = (frame_sample(lo, fps, self.rate), frame_sample(hi, fps, self.rate))
+            arrays.put(b, dec.frames[lo:hi], fps=fps, start=meta["first_frame"] + lo, track=meta["track"],
+                       labels=labels, audio=dec.audio if dec.has_audio else None, audio_span=span)
+        return arrays.batch()
 
 
 # ---------------------------------------------------------------- the dataset and the loader
@@ -501,7 +463,7 @@ class WindowLoader:
         skip = [done // W + (1 if w < done % W else 0) for w in range(W)]
         return WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch, skip)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         workers = self.data.loader_workers
         loader = DataLoader(
             self._dataset(),

@@ -40,6 +40,7 @@ from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_m
 from mmexpr.data.sources import Discovery, Skipped, SourceError, VideoJob, discover
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.progress import Progress
 
 WORK = ".work"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -242,7 +243,7 @@ def _prepare_split(split_dir: Path, run: dict, overwrite: bool) -> bool:
 
 def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
     """Connect to Ray; start a loopback-only local cluster unless one is given. True if started."""
-    from mmexpr.submit.local import start_ray
+    from mmexpr.local_ray import start_ray
 
     return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
 
@@ -250,7 +251,6 @@ def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
 def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:
     """Pack `jobs` as Ray tasks; write each video's part as soon as it arrives. Returns metas."""
     import ray
-    from tqdm import tqdm
 
     metas: dict[str, dict] = {}
     started = _start_ray(ray_address, num_cpus)
@@ -258,10 +258,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
         pending = {task.remote(job, settings): job for job in jobs}
         total_frames = sum(max(len(t.labels) for t in job.tracks) for job in jobs)
-        with (
-            tqdm(total=len(jobs), desc="videos", unit="video", disable=not progress, position=0) as vbar,
-            tqdm(total=total_frames, desc="frames", unit="frame", disable=not progress, position=1) as fbar,
-        ):
+        videos = 0
+        with Progress(total_frames, "pack", "frame", enabled=progress) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(done[0])
@@ -270,8 +268,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
                 except Exception as exc:  # a crashed task must not stop the run
                     result = VideoResult(job.video, job.split, skipped=[(job.path, f"pack task failed: {exc}")])
                 metas[job.video] = _write_part(out / job.split, result, job)
-                vbar.update(1)
-                fbar.update(result.frames)
+                videos += 1
+                bar.update(result.frames, videos=f"{videos}/{len(jobs)}")
     finally:
         if started:
             ray.shutdown()
@@ -356,8 +354,8 @@ def pack_corpus(
     out: str | os.PathLike,
     *,
     splits: list[str] | None = None,
-    chunk_frames: int = 64,
-    face_size: int = 112,
+    chunk_frames: int = PackSettings.chunk_frames,
+    face_size: int = PackSettings.face_size,
     shard_mb: float = 256,
     overwrite: bool = False,
     ray_address: str | None = None,

@@ -130,6 +130,28 @@ def _crops_for(root: Path, track: str) -> str | None:
     return str(folder) if folder.is_dir() and any(folder.glob("*.jpg")) else None
 
 
+def video_tracks(root: Path, video: str, path: Path, frames: int, split: str = "predict") -> VideoJob:
+    """The tracks of one raw video, for prediction: its annotation files in any split folder
+    (labels kept, so predictions can be scored), else its `_left`/`_right` crop folders, else
+    one track named after the video with every label unknown."""
+    ann_root = root / "annotations"
+    annotated = {
+        ann.stem: ann
+        for ann in (sorted(ann_root.glob("*/*.txt")) if ann_root.is_dir() else [])
+        if split_track(ann.stem)[0] == video
+    }
+    sides = [split_track(stem)[1] for stem in annotated]
+    if not sides:
+        sides = [s for s in ("left", "right") if (root / "cropped_aligned" / track_name(video, s)).is_dir()] or [""]
+    tracks = []
+    for side in sides:
+        name = track_name(video, side)
+        ann = annotated.get(name)
+        labels = read_annotation(ann) if ann is not None else np.full(frames, -1, np.int64)
+        tracks.append(TrackSource(name, side, str(ann or ""), labels, _crops_for(root, name)))
+    return VideoJob(video, split, str(path), tuple(tracks))
+
+
 def discover(source: str | Path, splits: list[str] | None = None) -> Discovery:
     """All packable tracks under SOURCE grouped per video, plus every skipped input."""
     root = Path(source)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from mmexpr.config import ModelConfig
+from mmexpr.data.batch import Batch, BatchArrays, audio_samples
 from mmexpr.labels import IGNORE, prompts
 from mmexpr.model.encoders import (
     AudioEncoder,
@@ -84,25 +86,25 @@ class ExprModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, batch: dict) -> dict:
-        """Loader batch -> {"logits" [B,T,8], "embeddings" [B,T,hidden], "audio_mask" [B,T]},
+    def forward(self, batch: Batch) -> dict:
+        """Batch -> {"logits" [B,T,8], "embeddings" [B,T,hidden], "audio_mask" [B,T]},
         plus "loss" and "loss_parts" when the batch has labels (padded frames ignored)."""
-        mask = batch["mask"].bool()
-        labels = batch.get("labels")
+        mask = batch.mask.bool()
+        labels = batch.labels
         frames = mask.shape[1]
         video_mask = mask
         audio_mask = torch.zeros_like(mask)
         v = a = None
         if self.visual is not None:
-            video = batch["video"]
+            video = batch.video
             b, t = video.shape[:2]
             feats = self.visual(video.reshape(b * t, *video.shape[2:])).view(b, t, -1)
             v = self.visual_proj(feats.to(self.visual_proj.weight.dtype))
         if self.audio is not None:
-            feats, feat_len = self.audio(batch["audio"], batch["audio_len"])
+            feats, feat_len = self.audio(batch.audio, batch.audio_len)
             a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
             a, audio_mask = align_audio(
-                a, feat_len, batch["audio_len"], batch["fps"], frames, AUDIO_RATE
+                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE
             )
             audio_mask = audio_mask & mask
         if self.training and self.fusion is not None:
@@ -213,7 +215,7 @@ class ExprModel(nn.Module):
             f"fusion={self.cfg.fusion if self.fusion is not None else 'none'} hidden={self.cfg.hidden} "
             f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight}",
             f"window: {window} frames at {image_size}x{image_size}, {fps:g} fps, "
-            f"{example_audio_samples(window)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
+            f"{audio_samples(window, AUDIO_RATE)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
         ]
         for i, row in enumerate(rows):
             cells = [
@@ -235,30 +237,20 @@ class ExprModel(nn.Module):
         return "\n".join(lines)
 
 
-def example_audio_samples(window: int) -> int:
-    """S of the loader batch: enough samples for the window at the lowest frame rate (24 fps)."""
-    return math.ceil(window * AUDIO_RATE / 24)
-
-
 def example_batch(
     batch: int, window: int, image_size: int, fps: float = 30.0, device: torch.device | str = "cpu"
-) -> dict:
-    """A loader-shaped batch of zeros (and a quiet noise waveform), for FLOP counts and smoke tests."""
-    samples = example_audio_samples(window)
+) -> Batch:
+    """A loader-shaped batch of black frames and a quiet noise waveform, every frame labelled
+    Neutral, for FLOP counts and smoke tests."""
+    arrays = BatchArrays(batch, window, image_size, AUDIO_RATE)
+    samples = arrays.audio.shape[1]
+    noise = (torch.randn(batch, samples, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
+    frames = np.zeros((window, image_size, image_size, 3), np.uint8)
     valid = min(samples, math.ceil(window * AUDIO_RATE / fps))
-    gen = torch.Generator().manual_seed(0)
-    return {
-        "video": torch.zeros(
-            batch, window, 3, image_size, image_size, dtype=torch.uint8, device=device
-        ),
-        "audio": (torch.randn(batch, samples, generator=gen) * 0.1).to(device),
-        "audio_len": torch.full((batch,), valid, dtype=torch.int64, device=device),
-        "fps": torch.full((batch,), fps, dtype=torch.float32, device=device),
-        "labels": torch.zeros(batch, window, dtype=torch.int64, device=device),
-        "mask": torch.ones(batch, window, dtype=torch.bool, device=device),
-        "start": torch.zeros(batch, dtype=torch.int64, device=device),
-        "track": ["example"] * batch,
-    }
+    for b in range(batch):
+        arrays.put(b, frames, fps=fps, start=0, track="example", labels=np.zeros(window, np.int64),
+                   audio=noise[b], audio_span=(0, valid))
+    return arrays.batch().to(device)
 
 
 def build_model(cfg: ModelConfig, class_counts: Sequence[int] | None = None) -> ExprModel:

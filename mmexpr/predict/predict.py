@@ -19,7 +19,6 @@ training evaluation, so predict -> evaluate reproduces the macro F1 training log
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmexpr.data.loader import MIN_FPS, fill_audio
+from mmexpr.data.batch import Batch, BatchArrays
+from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import write_submission
 from mmexpr.metrics import Scores, score
 from mmexpr.predict.tracks import ShardTracks, Track, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
+from mmexpr.progress import Progress
 
 
 @dataclass
@@ -96,31 +97,16 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(track: Track, starts: list[int], window: int, sample_rate: int) -> dict:
-    """Loader-format batch of windows of one track (same layout as mmexpr.data.loader)."""
-    b = len(starts)
-    h, w = track.frames.shape[1:3]
-    samples = math.ceil(window * sample_rate / MIN_FPS)
-    video = np.zeros((b, window, 3, h, w), np.uint8)
-    audio = np.zeros((b, samples), np.float32)
-    audio_len = np.zeros(b, np.int64)
-    mask = np.zeros((b, window), bool)
+def window_batch(track: Track, starts: list[int], window: int, sample_rate: int) -> Batch:
+    """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
+    arrays = BatchArrays(len(starts), window, track.frames.shape[1:3], sample_rate, labelled=False)
     n = len(track.frames)
     for i, s in enumerate(starts):
         e = min(s + window, n)
-        video[i, : e - s] = track.frames[s:e].transpose(0, 3, 1, 2)
-        mask[i, : e - s] = True
-        if track.has_audio:
-            audio_len[i] = fill_audio(audio[i], track.audio, *track.audio_span(s, e, sample_rate))
-    return {
-        "video": torch.from_numpy(video),
-        "audio": torch.from_numpy(audio),
-        "audio_len": torch.from_numpy(audio_len),
-        "fps": torch.full((b,), track.fps, dtype=torch.float32),
-        "mask": torch.from_numpy(mask),
-        "start": torch.tensor(starts, dtype=torch.int64),
-        "track": [track.name] * b,
-    }
+        arrays.put(i, track.frames[s:e], fps=track.fps, start=s, track=track.name,
+                   audio=track.audio if track.has_audio else None,
+                   audio_span=track.audio_span(s, e, sample_rate))
+    return arrays.batch()
 
 
 @torch.inference_mode()
@@ -140,10 +126,9 @@ def track_logits(
     for i in range(0, len(starts), batch_size):
         part = starts[i : i + batch_size]
         batch = window_batch(track, part, window, sample_rate)
-        moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        logits = model(moved)["logits"].float().cpu().numpy()
+        logits = model(batch.to(device))["logits"].float().cpu().numpy()
         for j, s in enumerate(part):
-            stitcher.add(s, logits[j], batch["mask"][j].numpy())
+            stitcher.add(s, logits[j], batch.mask[j].numpy())
     return stitcher.logits()
 
 
@@ -165,15 +150,13 @@ def predict_dataset(
     progress: bool = True,
 ) -> tuple[int, int, list[str], Scores | None]:
     """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores)."""
-    from tqdm import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, batch_size=1, collate_fn=_identity, num_workers=workers, shuffle=False)
     tracks = frames = 0
     problems: list[str] = []
     all_labels, all_preds = [], []
-    with tqdm(total=len(dataset), desc="predict", unit="video", disable=not progress) as bar:
+    with Progress(len(dataset), "predict", "video", enabled=progress) as bar:
         for item in loader:
             for track in item:
                 logits = track_logits(
@@ -190,8 +173,7 @@ def predict_dataset(
                 if (track.labels >= 0).any():
                     all_labels.append(track.labels)
                     all_preds.append(preds)
-            bar.update(1)
-            bar.set_postfix(frames=frames)
+            bar.update(1, frames=frames)
     scores = score(np.concatenate(all_labels), np.concatenate(all_preds)) if all_labels else None
     return tracks, frames, problems, scores
 
@@ -208,16 +190,16 @@ def check_out(out: Path) -> None:
         )
 
 
-def pack_settings_of(job) -> tuple[int, int]:
-    """(chunk_frames, face_size) the model's training shards were packed with, so raw videos
-    are cropped and compressed the same way; pack's defaults when those shards are not here."""
+def pack_settings_of(job) -> PackSettings:
+    """The settings the model's training shards were packed with, so raw videos are cropped and
+    compressed the same way; pack's defaults when those shards are not here."""
     from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
 
     try:
         settings = read_manifest(manifest_path(job.data.shards, job.data.train_split)).settings
-        return int(settings["chunk_frames"]), int(settings["face_size"])
+        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]))
     except (ManifestError, KeyError, ValueError, OSError):
-        return 64, 112
+        return PackSettings()
 
 
 def load_model(opts: PredictOptions):
@@ -226,7 +208,7 @@ def load_model(opts: PredictOptions):
 
     if opts.checkpoint:
         return load_checkpoint(opts.checkpoint)
-    from mmexpr.predict.run_model import load_from_mlflow
+    from mmexpr.predict.from_mlflow import load_from_mlflow
 
     return load_from_mlflow(run=opts.run, model_uri=opts.model_uri, tracking_uri=opts.tracking_uri, output=opts.output)
 
@@ -248,8 +230,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
     if opts.shards:
         dataset: Dataset = ShardTracks(opts.shards, opts.splits, job.data.image_size)
     else:
-        chunk_frames, face_size = pack_settings_of(job)
-        dataset = VideoTracks(opts.videos, job.data.image_size, chunk_frames, face_size, opts.video_names)
+        dataset = VideoTracks(opts.videos, job.data.image_size, pack_settings_of(job), opts.video_names)
     tracks, frames, problems, scores = predict_dataset(
         model,
         dataset,

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from mmexpr.data.batch import frame_sample
+from mmexpr.data.encode import PackSettings
 from mmexpr.data.loader import Decoded, decode_sample
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
 from mmexpr.errors import UserError
@@ -50,10 +52,9 @@ class Track:
         as the training loader counts them (round per chunk), so windows see identical audio."""
         k = int(np.searchsorted(self.chunk_starts, start, side="right")) - 1
         first = int(self.chunk_starts[max(k, 0)])
-        base = int(round(first * sample_rate / self.fps))
-        return base + int(round((start - first) * sample_rate / self.fps)), base + int(
-            round((end - first) * sample_rate / self.fps)
-        )
+        base = frame_sample(first, self.fps, sample_rate)
+        return (base + frame_sample(start - first, self.fps, sample_rate),
+                base + frame_sample(end - first, self.fps, sample_rate))
 
 
 def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track:
@@ -70,7 +71,7 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
     h, w = good[0].frames.shape[1:3]
     frames = np.zeros((total, h, w, 3), np.uint8)
     labels = np.full(total, -1, np.int64)
-    audio = np.zeros(int(round(total * sample_rate / fps)), np.float32)
+    audio = np.zeros(frame_sample(total, fps, sample_rate), np.float32)
     has_audio = False
     for c in good:
         first, n = int(c.meta["first_frame"]), len(c.meta["labels"])
@@ -78,7 +79,7 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
         labels[first : first + n] = c.meta["labels"]
         if c.has_audio and len(c.audio):
             has_audio = True
-            a0 = int(round(first * sample_rate / fps))
+            a0 = frame_sample(first, fps, sample_rate)
             piece = c.audio[: max(0, len(audio) - a0)]
             audio[a0 : a0 + len(piece)] = piece
     problems = [f"{name}: {len(chunks) - len(good)} chunk(s) unreadable, their frames predicted from neighbours"] if len(good) < len(chunks) else []
@@ -188,11 +189,9 @@ class VideoTracks(Dataset):
         self,
         folder: str | Path,
         image_size: int,
-        chunk_frames: int = 64,
-        face_size: int = 112,
+        settings: PackSettings | None = None,
         names: list[str] | None = None,
     ) -> None:
-        from mmexpr.data.encode import PackSettings
         from mmexpr.data.sources import index_videos
 
         root = Path(folder)
@@ -209,39 +208,18 @@ class VideoTracks(Dataset):
                 raise PredictInputError(f"{video_root}: no video(s) named {unknown}")
         self.names = sorted(names if names is not None else self.videos)
         self.image_size = image_size
-        self.settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+        self.settings = settings or PackSettings()
 
     def __len__(self) -> int:
         return len(self.names)
 
     def _job(self, video: str):
         from mmexpr.data.encode import source_frames
-        from mmexpr.data.sources import TrackSource, VideoJob
-        from mmexpr.labels import read_annotation, split_track
+        from mmexpr.data.sources import video_tracks
 
         path = self.videos[video]
-        annotated = {}
-        for ann in sorted((self.root / "annotations").glob("*/*.txt")) if (self.root / "annotations").is_dir() else []:
-            base, _ = split_track(ann.stem)
-            if base == video:
-                annotated[ann.stem] = ann
-        sides = [split_track(stem)[1] for stem in annotated]
-        if not sides:
-            crops = self.root / "cropped_aligned"
-            sides = [s for s in ("left", "right") if (crops / f"{video}_{s}").is_dir()] or [""]
         frames = sum(1 for _ in source_frames(str(path), decode=False))
-        tracks = []
-        for side in sides:
-            name = f"{video}_{side}" if side else video
-            labels = np.full(frames, -1, np.int64)
-            source = ""
-            if name in annotated:
-                labels = read_annotation(annotated[name])
-                source = str(annotated[name])
-            crop_dir = self.root / "cropped_aligned" / name
-            crops = str(crop_dir) if crop_dir.is_dir() and any(crop_dir.glob("*.jpg")) else None
-            tracks.append(TrackSource(name, side, source, labels, crops))
-        return VideoJob(video, "predict", str(path), tuple(tracks))
+        return video_tracks(self.root, video, path, frames)
 
     def __getitem__(self, i: int) -> list[Track]:
         from mmexpr.data.encode import pack_video

@@ -20,10 +20,9 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 import mmexpr
-from mmexpr.config import JobConfig
+from mmexpr.config import JobConfig, with_absolute_paths
 from mmexpr.errors import UserError
 from mmexpr.submit import registry
-from mmexpr.submit.shared_paths import absolutize
 
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # Passed through to the job when set here: they change how the job behaves, not where it runs.
@@ -88,7 +87,7 @@ def entrypoint(job_file: str, resume: str | None) -> str:
 def submit(job: JobConfig, address: str, resume: str | None = None) -> str:
     """Submit; return the job id (also recorded for `jobs status|logs|stop`)."""
     jobs = client(address)
-    job = absolutize(job)
+    job = with_absolute_paths(job)
     job_id = new_submission_id(job)
     with tempfile.TemporaryDirectory(prefix="mmexpr-submit-") as stage:
         job.write(Path(stage) / "job.yaml")

@@ -13,7 +13,8 @@ import os
 import socket
 from pathlib import Path
 
-from mmexpr.config import JobConfig
+from mmexpr.config import JobConfig, is_uri
+from mmexpr.data.manifest import manifest_path
 from mmexpr.errors import UserError
 
 
@@ -21,27 +22,12 @@ class NotShared(UserError):
     """A path the cluster side cannot read or write."""
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def absolutize(job: JobConfig, base: Path | None = None) -> JobConfig:
-    """A copy of `job` whose local data and output paths are absolute (URIs are kept)."""
-    base = base or Path.cwd()
-    job = job.model_copy(deep=True)
-    if not is_uri(job.data.shards):
-        job.data.shards = str((base / job.data.shards).resolve())
-    if not is_uri(job.output):
-        job.output = str((base / job.output).resolve())
-    return job
-
-
 def check_visible(job: JobConfig) -> None:
     """Raise NotShared naming this host if the shards are not readable or output not writable."""
     host = socket.gethostname()
     hint = "every node must see it: use a shared filesystem path or an s3:// URI"
     if not is_uri(job.data.shards):
-        manifest = Path(job.data.shards) / job.data.train_split / "manifest.json"
+        manifest = Path(manifest_path(job.data.shards, job.data.train_split))
         if not os.access(manifest, os.R_OK):
             raise NotShared(f"data.shards: {manifest} is not readable on {host}; {hint}")
     if not is_uri(job.output):

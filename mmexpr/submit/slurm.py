@@ -1,4 +1,4 @@
-"""`--on slurm`: render the sbatch script from cluster/slurm/ray_train.sbatch, submit it,
+"""`--on slurm`: render the sbatch script from ray_train.sbatch (beside this file), submit it,
 and answer `jobs` (list, status, logs, stop) with SLURM's own commands.
 
 The script and the resolved job file are written next to each other under the job's
@@ -17,12 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mmexpr
-from mmexpr.config import JobConfig
+from mmexpr.config import JobConfig, is_uri, with_absolute_paths
 from mmexpr.errors import UserError
-from mmexpr.submit.shared_paths import absolutize, is_uri
 
-TEMPLATE = Path(mmexpr.__file__).resolve().parents[1] / "cluster" / "slurm" / "ray_train.sbatch"
+TEMPLATE = Path(__file__).with_name("ray_train.sbatch")  # cluster/slurm/ray_train.sbatch links here
 JOB_PREFIX = "mmexpr-"
 
 
@@ -89,7 +87,7 @@ def submit_dir(job: JobConfig) -> Path:
 
 def prepare(job: JobConfig, resume: str | None = None) -> tuple[Path, str]:
     """Write the resolved job file; return (script path to write, script text)."""
-    job = absolutize(job)
+    job = with_absolute_paths(job)
     folder = submit_dir(job)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     job_file = folder / f"{job.name}-{stamp}.yaml"
@@ -100,7 +98,7 @@ def prepare(job: JobConfig, resume: str | None = None) -> tuple[Path, str]:
 
 def dry_run(job: JobConfig, resume: str | None = None) -> str:
     """The script as it would be submitted, writing nothing."""
-    job = absolutize(job)
+    job = with_absolute_paths(job)
     return render(job, str(submit_dir(job) / f"{job.name}-STAMP.yaml"), resume)
 
 

@@ -17,14 +17,18 @@ On disk, under `job.output` (absolute paths are passed to workers):
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmexpr.config import JobConfig, job_from_dict
+from mmexpr.config import JobConfig, with_absolute_paths
 from mmexpr.errors import UserError
+from mmexpr.progress import Progress
+from mmexpr.store import Store, choose_store
 from mmexpr.train import checkpoint as ckpt
-from mmexpr.train import tracking
+from mmexpr.train import mlflow_run
+from mmexpr.train.handoff import LoopConfig, LoopResult, read_progress
 
 SETUP_HOOK = "mmexpr.train.worker_setup.setup"
 
@@ -69,15 +73,6 @@ class ResumePoint:
 
 
 # ---------------------------------------------------------------- checks before Ray
-
-
-def absolute_job(job: JobConfig) -> JobConfig:
-    """Local paths made absolute: Ray workers may run in another working directory."""
-    tree = job.to_dict()
-    tree["output"] = str(Path(job.output).resolve())
-    if "://" not in job.data.shards and not job.data.shards.startswith("pipe:"):
-        tree["data"]["shards"] = str(Path(job.data.shards).resolve())
-    return job_from_dict(tree)
 
 
 def check_data(job: JobConfig) -> list[int]:
@@ -165,7 +160,7 @@ def check_resume_fits(job: JobConfig, point: ResumePoint) -> None:
 
 def start_ray(job: JobConfig, address: str | None = None) -> bool:
     """Connect to `address`/RAY_ADDRESS, or start a local cluster on 127.0.0.1; True if we started one."""
-    from mmexpr.submit.local import start_ray as connect
+    from mmexpr.local_ray import start_ray as connect
 
     cpus = max(os.cpu_count() or 1, job.train.workers * job.train.cpus_per_worker)
     return connect(
@@ -176,7 +171,28 @@ def start_ray(job: JobConfig, address: str | None = None) -> bool:
     )
 
 
-def _fit(job: JobConfig, loop_config: dict, run_dir: Path):
+def follow_progress(job: JobConfig, loop: LoopConfig, stop: threading.Event) -> None:
+    """The one progress display of a training: rank 0's reports (handoff.write_progress), read
+    here every second until `stop` is set."""
+    bar: Progress | None = None
+    while True:
+        stopping = stop.wait(1.0)
+        report = read_progress(Path(loop.run_dir), loop.started_at)
+        if report is not None:
+            if bar is None:
+                bar = Progress(job.train.max_steps, "train", "step", enabled=job.train.progress,
+                               initial=int(report["step"]))
+            f1 = report.get("f1")
+            bar.set(int(report["step"]), loss=f"{report['loss']:.3f}",
+                    f1=f"{f1:.3f}" if f1 is not None else "-",
+                    samples_s=f"{report['samples_per_s']:.1f}")
+        if stopping:
+            break
+    if bar is not None:
+        bar.close()
+
+
+def _fit(job: JobConfig, loop: LoopConfig, run_dir: Path):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -184,7 +200,7 @@ def _fit(job: JobConfig, loop_config: dict, run_dir: Path):
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=loop.to_dict(),
         scaling_config=ScalingConfig(
             num_workers=job.train.workers,
             use_gpu=job.train.use_gpu,
@@ -208,7 +224,7 @@ def run_training(
     """Train `job` (continuing `resume`: 'latest', a run id or a path) and return what happened.
 
     `tags` go on the MLflow run when it opens (a sweep's id), so a run that fails still has them."""
-    job = absolute_job(job)
+    job = with_absolute_paths(job)
     class_counts = check_data(job)
     check_resources(job, address)
     point = resolve_resume(job, resume) if resume else None
@@ -217,38 +233,45 @@ def run_training(
 
     from mmexpr.train.engine import zero_stage_for
 
-    store = tracking.choose_store(job)
+    store = choose_store(job)
     print(store.note, flush=True)
     tags = {**(tags or {}), "world_size": str(job.train.workers),
             "accelerator": "gpu" if job.train.use_gpu else "cpu", "zero_stage": str(zero_stage_for(job, job.train.workers))}
     run_id = None
     if point is not None:
         try:
-            run_id = tracking.open_run(store, job, point.run_id, {**tags, "resumed_from": str(point.tag)})
+            run_id = mlflow_run.open_run(store, job, point.run_id, {**tags, "resumed_from": str(point.tag)})
         except LookupError as exc:
             print(f"{exc}; recording the resumed training in a new run", flush=True)
     if run_id is None:
-        run_id = tracking.open_run(store, job, None, tags)
+        run_id = mlflow_run.open_run(store, job, None, tags)
     run_dir = point.run_dir if point is not None else Path(job.output) / job.name / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     job.write(run_dir / "config.yaml")
     print(f"run {run_id}: {run_dir}" + (f", resuming from {point.tag}" if point else ""), flush=True)
 
-    loop_config = {
-        "job": job.to_dict(),
-        "run_dir": str(run_dir),
-        "run_id": run_id,
-        "tracking_uri": store.uri,
-        "resume_tag": str(point.tag) if point else None,
-        "class_counts": class_counts,
-        "started_at": time.time(),
-    }
+    loop = LoopConfig(
+        job=job.to_dict(),
+        run_dir=str(run_dir),
+        run_id=run_id,
+        tracking_uri=store.uri,
+        resume_tag=str(point.tag) if point else None,
+        class_counts=class_counts,
+        started_at=time.time(),
+    )
     started = start_ray(job, address)
     status = "FAILED"
     try:
-        result = _fit(job, loop_config, run_dir)
-        metrics = result.metrics or {}
-        done = metrics.get("step", 0) >= job.train.max_steps and not metrics.get("preempted", False)
+        stop = threading.Event()
+        display = threading.Thread(target=follow_progress, args=(job, loop, stop), daemon=True)
+        display.start()
+        try:
+            fitted = _fit(job, loop, run_dir)
+        finally:
+            stop.set()
+            display.join(timeout=5)
+        outcome = LoopResult.from_metrics(fitted.metrics or {})
+        done = outcome.step >= job.train.max_steps and not outcome.preempted
         status = "FINISHED" if done else "KILLED"
         version = _register(store, job, run_id, run_dir) if done and job.track.register_model else None
     except KeyboardInterrupt:
@@ -264,28 +287,28 @@ def run_training(
         run_id=run_id,
         tracking_uri=store.uri,
         run_dir=run_dir,
-        step=int(metrics.get("step", 0)),
-        best_f1=float(metrics.get("best_f1", -1.0)),
-        best_step=metrics.get("best_step"),
-        last_f1=metrics.get("last_f1"),
-        preempted=bool(metrics.get("preempted", False)),
+        step=outcome.step,
+        best_f1=outcome.best_f1,
+        best_step=outcome.best_step,
+        last_f1=outcome.last_f1,
+        preempted=outcome.preempted,
         latest_checkpoint=ckpt.latest(run_dir / "checkpoints"),
         best_checkpoint=ckpt.best(run_dir / "checkpoints"),
         registered_version=version,
-        world_size=int(metrics.get("world_size", job.train.workers)),
+        world_size=outcome.world_size,
     )
     print(out.summary(), flush=True)
     return out
 
 
-def _close(store: tracking.Store, run_id: str, status: str) -> None:
+def _close(store: Store, run_id: str, status: str) -> None:
     try:
-        tracking.finish_run(store, run_id, status)
+        mlflow_run.finish_run(store, run_id, status)
     except Exception as exc:  # the store going away at the end must not hide the result
         print(f"MLflow: could not mark run {run_id} {status}: {exc}", flush=True)
 
 
-def _register(store: tracking.Store, job: JobConfig, run_id: str, run_dir: Path) -> str | None:
+def _register(store: Store, job: JobConfig, run_id: str, run_dir: Path) -> str | None:
     """Register the best checkpoint's consolidated weights (the latest if none was evaluated)."""
     tag = ckpt.best(run_dir / "checkpoints") or ckpt.latest(run_dir / "checkpoints")
     if tag is None:
@@ -293,7 +316,7 @@ def _register(store: tracking.Store, job: JobConfig, run_id: str, run_dir: Path)
     meta = {**ckpt.read_meta(tag), "path": str(tag)}
     weights = ckpt.load_portable(tag)["weights"]
     try:
-        version = tracking.register_model(store, run_id, job.track.register_model, weights, job, meta)
+        version = mlflow_run.register_model(store, run_id, job.track.register_model, weights, job, meta)
     except Exception as exc:  # registry trouble must not fail a finished training
         print(f"MLflow: could not register the model: {exc}", flush=True)
         return None

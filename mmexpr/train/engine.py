@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mmexpr.config import JobConfig
+from mmexpr.data.batch import Batch
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,7 @@ def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
     return inner if isinstance(inner, torch.optim.Optimizer) else ds_optimizer
 
 
-def to_device(batch: dict, device: torch.device, bf16: bool) -> dict:
-    """Tensors to the worker's device. Under bf16 the waveform goes in as bf16 like the
-    weights of the audio encoder; fps stays fp32 (29.97 is 30.0 in bf16)."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if bf16 and key == "audio":
-                value = value.to(torch.bfloat16)
-        out[key] = value
-    return out
+def to_device(batch: Batch, device: torch.device, bf16: bool) -> Batch:
+    """The batch on the worker's device; under bf16 the waveform goes in as bf16 like the
+    weights of the audio encoder."""
+    return batch.to(device, torch.bfloat16 if bf16 else None)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mmexpr.data.batch import Batch
 from mmexpr.labels import IGNORE, NUM_CLASSES
 from mmexpr.metrics import Scores, scores_from_confusion
 
@@ -28,7 +29,7 @@ def batch_confusion(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
     return torch.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES).cpu()
 
 
-def evaluate(engine, batches: Iterable[dict], to_device) -> Scores:
+def evaluate(engine, batches: Iterable[Batch], to_device) -> Scores:
     """Scores over the whole validation split (collective: every rank calls it)."""
     module = engine.module
     was_training = module.training
@@ -38,10 +39,8 @@ def evaluate(engine, batches: Iterable[dict], to_device) -> Scores:
         with torch.no_grad():
             for batch in batches:
                 batch = to_device(batch)
-                labels, mask = batch["labels"], batch["mask"]
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                out = engine(inputs)
-                matrix += batch_confusion(out["logits"].float(), labels, mask)
+                out = engine(batch.without_labels())
+                matrix += batch_confusion(out["logits"].float(), batch.labels, batch.mask)
     finally:
         engine.train(was_training)
     if dist.is_initialized():

@@ -29,9 +29,13 @@ import torch
 import torch.distributed as dist
 
 from mmexpr.config import JobConfig, job_from_dict
+from mmexpr.data.batch import Batch
 from mmexpr.train import checkpoint as ckpt
 from mmexpr.train import preemption
 from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
+from mmexpr.train.handoff import LoopConfig, LoopResult, write_progress
+
+PROGRESS_SECONDS = 1.0  # rank 0 tells the driver where it stands at most this often
 
 
 @dataclass
@@ -76,14 +80,14 @@ def choose_source(run_dir: Path, resume_tag: str | None, started_at: float) -> P
 class Trainer:
     """One rank: engine, loaders, logger; `run()` trains to the end or to a stop."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, loop: LoopConfig) -> None:
         import ray.train
         import ray.train.torch
 
         from mmexpr.model.model import build_model
 
-        self.job = job_from_dict(config["job"])
-        self.run_dir = Path(config["run_dir"])
+        self.job = job_from_dict(loop.job)
+        self.run_dir = Path(loop.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -91,16 +95,16 @@ class Trainer:
         self.progress = Progress()
         self.logger = None
         if self.rank == 0:
-            from mmexpr.train.tracking import RunLogger
+            from mmexpr.train.mlflow_run import RunLogger
 
-            self.logger = RunLogger(config["tracking_uri"], config["run_id"])
+            self.logger = RunLogger(loop.tracking_uri, loop.run_id)
 
-        source = choose_source(self.run_dir, config.get("resume_tag"), config["started_at"])
+        source = choose_source(self.run_dir, loop.resume_tag, loop.started_at)
         meta = ckpt.read_meta(source) if source is not None else None
         self.zero_stage = zero_stage_for(self.job, self.world)
         same_layout = meta is not None and meta["world_size"] == self.world and meta["zero_stage"] == self.zero_stage
         torch.manual_seed(self.job.train.seed)  # identical initial weights on every rank
-        model = build_model(self.job.model, config.get("class_counts"))
+        model = build_model(self.job.model, loop.class_counts)
         portable = None
         if meta is not None and not same_layout:
             portable = ckpt.load_portable(source)
@@ -171,7 +175,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _to_device(self, batch: dict) -> dict:
+    def _to_device(self, batch: Batch) -> Batch:
         return to_device(batch, self.place.device, self.place.bf16)
 
     def _step(self) -> tuple[dict[str, float], float, float]:
@@ -252,15 +256,18 @@ class Trainer:
             out.setdefault(key, float(group["lr"]))
         return out
 
-    def run(self) -> dict[str, Any]:
-        from tqdm import tqdm
+    def _report_progress(self, loss: float, samples_per_s: float) -> None:
+        """Where this run stands, for the driver's progress display (rank 0 only)."""
+        p = self.progress
+        write_progress(self.run_dir, p.step, {"max_steps": self.job.train.max_steps, "loss": loss,
+                                              "f1": p.last_f1, "samples_per_s": samples_per_s})
 
+    def run(self) -> LoopResult:
         t = self.job.train
         p = self.progress
         stop_at = min(t.max_steps, p.step + t.stop_after) if t.stop_after else t.max_steps
         per_step = self.world * self.job.data.batch_size * t.grad_accum
-        bar = tqdm(total=t.max_steps, initial=p.step, desc="train", unit="step", mininterval=2.0,
-                   disable=self.rank != 0 or not t.progress)
+        reported, rate = 0.0, 0.0
         preemption.arm()
         try:
             while p.step < stop_at and not p.preempted:
@@ -275,8 +282,10 @@ class Trainer:
                     self.logger.metrics(metrics, p.step)
                     if p.step % t.log_every == 0:
                         self.logger.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", f1=f"{p.last_f1:.3f}" if p.last_f1 is not None else "-")
+                rate = per_step / seconds
+                if self.rank == 0 and time.monotonic() - reported >= PROGRESS_SECONDS:
+                    reported = time.monotonic()
+                    self._report_progress(parts["loss"], rate)
                 is_best = False
                 if p.step % t.eval_every == 0 or p.step == t.max_steps:
                     scores = self._evaluate()
@@ -290,11 +299,12 @@ class Trainer:
                     self._save(is_best)
         finally:
             preemption.disarm()
-            bar.close()
+            if self.rank == 0:
+                self._report_progress(p.history[-1] if p.history else float("nan"), rate)
             if self.logger is not None:
                 self.logger.flush()
-        return {"step": p.step, "best_f1": p.best_f1, "best_step": p.best_step, "last_f1": p.last_f1,
-                "preempted": p.preempted, "resumed_from": p.resumed_from, "world_size": self.world}
+        return LoopResult(step=p.step, best_f1=p.best_f1, best_step=p.best_step, last_f1=p.last_f1,
+                          preempted=p.preempted, resumed_from=p.resumed_from, world_size=self.world)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -309,8 +319,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     import ray.train
 
-    trainer = Trainer(config)
-    result = trainer.run()
+    trainer = Trainer(LoopConfig.from_dict(config))
+    result = trainer.run().to_dict()
     if trainer.rank != 0:
         ray.train.report(result)
         return

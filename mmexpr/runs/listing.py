@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmexpr.errors import UserError
+from mmexpr import store
 
 SWEEP_TAG = "mmexpr.sweep"
 VARIANT_TAG = "mmexpr.variant"
@@ -37,24 +38,9 @@ class RunRow:
     sweep: str
 
 
-def resolve_tracking_uri(explicit: str | None, output: str = "runs") -> str:
-    """The store a command reads: --tracking-uri, else $MLFLOW_TRACKING_URI, else the local store.
-
-    The local store's location is the training side's decision (mmexpr/train/tracking.py); it is
-    asked rather than repeated here, so `runs` and `ui` always read where training wrote.
-    """
-    if explicit:
-        return explicit
-    from mmexpr.config import JobConfig
-    from mmexpr.train.tracking import tracking_uri
-
-    return tracking_uri(JobConfig(output=output))
-
-
-def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+def resolve_tracking_uri(explicit: str | None, output: str = store.DEFAULT_OUTPUT) -> str:
+    """The store a command reads: --tracking-uri, else the rule training writes by (store.py)."""
+    return store.tracking_uri(explicit or "", output)
 
 
 def f1_key(metrics: dict[str, float]) -> str:
@@ -106,7 +92,7 @@ def list_runs(
     limit: int = 50,
 ) -> list[RunRow]:
     """Runs newest first, across all experiments unless one is named; optionally one sweep's."""
-    client = _client(tracking_uri)
+    client = store.client(tracking_uri)
     experiments = client.search_experiments()
     if experiment:
         experiments = [e for e in experiments if e.name == experiment or e.experiment_id == experiment]
@@ -126,7 +112,7 @@ def find_run(tracking_uri: str, ref: str) -> RunRow:
     """A run by id, or by name (the newest run of that name)."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = store.client(tracking_uri)
     try:
         run = client.get_run(ref)
     except MlflowException:

@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-from table import Ratio, print_table
-
-REPO = Path(__file__).resolve().parents[2]
+from mmexpr.bench.table import Ratio, print_table
 
 
 def _cpu_median(fn, repeats: int, warmup: int = 2) -> float:
@@ -50,7 +47,7 @@ def _train_step(model, optimizer, batch):
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mmexpr bench model", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--job", default=str(REPO / "jobs" / "demo.yaml"), help="job whose model is timed"
+        "--job", default="jobs/demo.yaml", help="job whose model is timed"
     )
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
@@ -67,8 +64,8 @@ def main(argv: list[str]) -> int:
         args.job, ["model.preset=tiny", "data.batch_size=8", "data.window=16", "data.image_size=64"]
     )
     batch = example_batch(8, 16, 64, fps=25.0)
-    batch["video"] = torch.randint(0, 256, batch["video"].shape, dtype=torch.uint8)
-    batch["labels"] = torch.randint(0, 8, batch["labels"].shape)
+    batch.video = torch.randint(0, 256, batch.video.shape, dtype=torch.uint8)
+    batch.labels = torch.randint(0, 8, batch.labels.shape)
     counts = [100, 10, 10, 10, 50, 30, 10, 80]
 
     trained_cfg = job.model.model_copy(
@@ -92,7 +89,7 @@ def main(argv: list[str]) -> int:
     opt_frozen = torch.optim.AdamW(frozen.param_groups(t.lr, t.encoder_lr, t.weight_decay))
     frozen_step = _cpu_median(_train_step(frozen, opt_frozen, batch), args.repeats)
 
-    frames = batch["video"].flatten(0, 1)
+    frames = batch.video.flatten(0, 1)
 
     def visual_alone() -> None:
         model.visual.zero_grad()

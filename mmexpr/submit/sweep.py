@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 
 from mmexpr.config import ConfigError, JobConfig, load_job
-from mmexpr.track.runs import SWEEP_TAG, VARIANT_TAG
+from mmexpr.runs.listing import SWEEP_TAG, VARIANT_TAG
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def run_sweep(job_path: str, grids: list[str], overrides: list[str], *, dry_run:
         print(f"  {i}. {v.label}")
     if dry_run:
         return sweep_id, [(v, None) for v in variants]
+    from mmexpr.store import job_tracking_uri
     from mmexpr.train.driver import run_training
-    from mmexpr.train.tracking import tracking_uri
     done: list[tuple[Variant, str | None]] = []
     for i, v in enumerate(variants, 1):
         print(f"\n== sweep {sweep_id}: variant {i}/{len(variants)}: {v.label}", flush=True)
@@ -82,9 +82,9 @@ def run_sweep(job_path: str, grids: list[str], overrides: list[str], *, dry_run:
             done.append((v, None))
             continue
         done.append((v, result.run_id))
-    from mmexpr.track.runs import list_runs, runs_table
+    from mmexpr.runs.listing import list_runs, runs_table
 
-    uri = tracking_uri(variants[0].job)
+    uri = job_tracking_uri(variants[0].job)
     print(f"\nsweep {sweep_id} ({uri}):")
     print(runs_table(list_runs(uri, sweep=sweep_id)))
     print(f"again: mmexpr runs --sweep {sweep_id}" + (f" --output {variants[0].job.output}" if variants[0].job.output != "runs" else ""))

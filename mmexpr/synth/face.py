@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Classes (ABAW order: Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other)
-# that share a face. Each pair is split apart by the voice (synth_speech.VOICE_GROUPS).
+# that share a face. Each pair is split apart by the voice (speech.VOICE_GROUPS).
 FACE_GROUPS: tuple[tuple[int, int], ...] = (
     (0, 7),  # Neutral, Other: relaxed face
     (1, 2),  # Anger, Disgust: lowered, tilted brows, narrowed eyes, pressed frowning mouth

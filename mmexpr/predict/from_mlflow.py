@@ -12,8 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from mmexpr import store
 from mmexpr.predict.weights import Loaded, WeightsError, load_checkpoint
-from mmexpr.track.runs import find_run, resolve_tracking_uri
+from mmexpr.runs.listing import find_run, resolve_tracking_uri
 
 
 def _load_artifact_folder(uri: str, tracking_uri: str, what: str) -> Loaded:
@@ -38,13 +39,12 @@ def _run_job(tracking_uri: str, run_id: str):
     """The resolved job config the run logged (`config.yaml`), or None to look beside the checkpoint."""
     import yaml
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from mmexpr.config import job_from_dict
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(run_id, "config.yaml", tmp)
+            path = store.client(tracking_uri).download_artifacts(run_id, "config.yaml", tmp)
         except (MlflowException, OSError):
             return None
         return job_from_dict(yaml.safe_load(Path(path).read_text()))
@@ -54,11 +54,10 @@ def load_from_mlflow(*, run: str | None, model_uri: str | None, tracking_uri: st
     uri = resolve_tracking_uri(tracking_uri, output)
     if model_uri:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         if model_uri.startswith("models:/"):
             name, _, version = model_uri[len("models:/") :].partition("/")
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client = store.client(uri)
             try:
                 if version.isdigit():
                     mv = client.get_model_version(name, version)
@@ -73,9 +72,7 @@ def load_from_mlflow(*, run: str | None, model_uri: str | None, tracking_uri: st
         return _load_artifact_folder(model_uri, uri, model_uri)
     assert run is not None
     row = find_run(uri, run)
-    from mlflow.tracking import MlflowClient
-
-    tags = MlflowClient(tracking_uri=uri).get_run(row.run_id).data.tags
+    tags = store.client(uri).get_run(row.run_id).data.tags
     for key in ("checkpoint.best", "checkpoint.latest"):
         path = tags.get(key)
         if path and Path(path).is_dir():

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from table import Ratio, print_table
+from mmexpr.bench.table import Ratio, print_table
 
 
 def _job(hidden: int, steps: int):
@@ -53,9 +53,9 @@ def _batches(job, count: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(count):
         b = example_batch(d.batch_size, d.window, d.image_size, fps=25.0)
-        b["video"] = torch.randint(0, 256, b["video"].shape, dtype=torch.uint8, generator=gen)
-        b["audio"] = torch.randn(b["audio"].shape, generator=gen) * 0.1
-        b["labels"] = torch.randint(0, 8, b["labels"].shape, generator=gen)
+        b.video = torch.randint(0, 256, b.video.shape, dtype=torch.uint8, generator=gen)
+        b.audio = torch.randn(b.audio.shape, generator=gen) * 0.1
+        b.labels = torch.randint(0, 8, b.labels.shape, generator=gen)
         out.append(b)
     return out
 

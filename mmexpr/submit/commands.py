@@ -52,12 +52,12 @@ def _to_slurm(job: JobConfig, resume: str | None, dry: bool, detach: bool) -> in
 
 
 def _to_ray(job: JobConfig, target: Target, resume: str | None, dry: bool, detach: bool) -> int:
+    from mmexpr.config import with_absolute_paths
     from mmexpr.submit import ray_jobs
-    from mmexpr.submit.shared_paths import absolutize
 
     if dry:
         print(f"address:    {target.address}\nentrypoint: {ray_jobs.entrypoint('job.yaml', resume)}")
-        print("job.yaml:\n" + absolutize(job).to_yaml(), end="")
+        print("job.yaml:\n" + with_absolute_paths(job).to_yaml(), end="")
         return 0
     job_id = ray_jobs.submit(job, target.address, resume)
     print(f"submitted Ray job {job_id} to {target.address}", flush=True)

@@ -9,84 +9,24 @@ gone. *Rank 0* logs what only the workers see, as it happens: per-step losses, l
 rates, samples/s, data-wait fraction, evaluations with their figures, checkpoint locations.
 Sending those through Ray to the driver would add a hop and lose them if the driver dies.
 
-The store: `job.track.tracking_uri`, else $MLFLOW_TRACKING_URI, else a SQLite file plus an
-artifact folder under `job.output` (`mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`
-works with no server). A tracking server that cannot be reached at start is reported and
-replaced by the local store, so training never waits on it; if it fails mid-run, rank 0
-keeps the metrics buffered, says so once, and retries at the next flush.
+Where the store is, and the fallback when a server is down at start, is mmexpr/store.py. If
+the store fails mid-run, rank 0 keeps the metrics buffered, says so once, and retries at
+the next flush.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmexpr.config import JobConfig, flatten
+from mmexpr.store import Store, client
 
 MAX_BUFFER = 100_000  # metric points kept while a server is down
-
-
-def local_store(job: JobConfig) -> tuple[str, Path]:
-    """The default store: `<output>/mlflow.db` and `<output>/mlartifacts`."""
-    root = Path(job.output).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
-
-
-def tracking_uri(job: JobConfig) -> str:
-    """The store a job writes to (before any reachability check)."""
-    return job.track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store(job)[0]
-
-
-def server_reachable(uri: str, timeout: float = 5.0) -> str:
-    """'' when an http(s) tracking server answers, else the reason; other stores are local."""
-    if not uri.startswith(("http://", "https://")):
-        return ""
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return ""  # it answered, just not to /health
-    except (OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", exc))
-    return ""
-
-
-@dataclass(frozen=True)
-class Store:
-    uri: str
-    artifact_root: Path | None  # set for the local store: experiments keep artifacts there
-    note: str  # what was decided and why, printed by the driver
-
-
-def choose_store(job: JobConfig) -> Store:
-    """The configured store if usable, else the local one with a note saying why."""
-    uri = tracking_uri(job)
-    local_uri, artifacts = local_store(job)
-    if uri == local_uri:
-        artifacts.mkdir(parents=True, exist_ok=True)
-        return Store(uri, artifacts, f"MLflow: local store {uri}")
-    problem = server_reachable(uri)
-    if problem:
-        artifacts.mkdir(parents=True, exist_ok=True)
-        return Store(
-            local_uri, artifacts,
-            f"MLflow: tracking server {uri} unreachable ({problem}); training goes on and logs to the "
-            f"local store {local_uri} instead",
-        )
-    return Store(uri, None, f"MLflow: {uri}")
-
-
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _experiment_id(mlflow_client, name: str, artifact_root: Path | None) -> str:

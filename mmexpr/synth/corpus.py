@@ -13,8 +13,8 @@ Layout written under OUT (the same one `pack` reads for Aff-Wild2)::
 The design: fusion must matter
 ------------------------------
 Every video is a sequence of segments (0.6-1.6 s). In each segment a person shows one
-of the 8 classes with a cartoon face (synth_face.py) and, unless the segment is silent,
-speaks in that class's voice (synth_speech.py). The classes are arranged so that each
+of the 8 classes with a cartoon face (synth/face.py) and, unless the segment is silent,
+speaks in that class's voice (synth/speech.py). The classes are arranged so that each
 modality alone only narrows a frame down to a pair of classes, and the two modalities
 pair the classes differently::
 
@@ -62,14 +62,15 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
-from mmexpr.data import synth_face, synth_speech
 from mmexpr.errors import UserError
 from mmexpr.labels import CLASSES, IGNORE, NUM_CLASSES, track_name, write_annotation
+from mmexpr.progress import Progress
+from mmexpr.synth import face as synth_face
+from mmexpr.synth import speech as synth_speech
 
 SPLIT_FOLDERS = {"train": "Train_Set", "validation": "Validation_Set"}
-GENERATOR = "mmexpr.data.synth"
+GENERATOR = "mmexpr.synth.corpus"
 FORMAT_VERSION = 1
 CROP_SIZE = 112  # Aff-Wild2's cropped_aligned size
 _BLEND_SECONDS = 0.24  # how long a face takes to move to a new expression
@@ -584,7 +585,7 @@ def _write_videos(
 ) -> list[dict]:
     """Write every video, in parallel where it pays; facts come back in plan order.
     Each video draws from its own generator, so the files do not depend on the workers."""
-    bar = tqdm(total=len(plans), desc="synth", unit="video", disable=not progress)
+    bar = Progress(len(plans), "synth", "video", enabled=progress)
     workers = _worker_count(spec)
     try:
         if workers == 1:

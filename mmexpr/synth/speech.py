@@ -3,7 +3,7 @@
 A voiced segment is a run of syllables: harmonic tones whose pitch contour, loudness,
 brightness (spectral tilt), vibrato and breathiness depend on the speaker's class
 through four *voice groups* (`VOICE_GROUPS`). The two classes of a voice group sound
-alike; they differ in the face (synth_face.FACE_GROUPS), and each voice group takes its
+alike; they differ in the face (face.FACE_GROUPS), and each voice group takes its
 two classes from different face groups, so only face and voice together name the class.
 
 Words are drawn per syllable run from a vocabulary that mixes class words, words shared

@@ -136,12 +136,12 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
 
 def serve_forever(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> None:
     """`mmexpr ui`: start the server, print where to look, stop it on Ctrl-C."""
-    from mlflow.tracking import MlflowClient
+    from mmexpr import store
 
     server = start_ui(tracking_uri, host=host, port=port)
     try:
         print(f"MLflow UI for {tracking_uri}\n  {server.url}")
-        for exp in MlflowClient(tracking_uri).search_experiments():
+        for exp in store.client(tracking_uri).search_experiments():
             print(f"  {exp.name}: {runs_url(server.url, exp.experiment_id)}")
         print(f"log: {server.log}\nCtrl-C stops it.", flush=True)
         server.process.wait()

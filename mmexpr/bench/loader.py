@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from table import Ratio, print_table
+from mmexpr.bench.table import Ratio, print_table
 
 
 def _cpu() -> float:
@@ -73,7 +73,7 @@ def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, e
     delivered = 0
     begin = _cpu()
     for i, batch in enumerate(loader):
-        delivered += int(batch["mask"].sum())
+        delivered += int(batch.mask.sum())
         if i + 1 == steps:
             break
     return delivered / (_cpu() - begin), delivered
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(1)
     from mmexpr.data.pack import pack_corpus
-    from mmexpr.data.synth import SynthSpec, write_corpus
+    from mmexpr.synth.corpus import SynthSpec, write_corpus
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         work = Path(args.workdir or tmp)

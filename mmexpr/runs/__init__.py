@@ -1,0 +1,1 @@
+"""Runs as MLflow holds them, read back: tables, comparisons, and the MLflow UI."""
