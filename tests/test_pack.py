@@ -278,49 +278,18 @@ def test_real_faces_and_speech_pack_and_load(shared_data: Path, tmp_path: Path, 
     """FER2013 grayscale faces of one class (happy) muxed with a RAVDESS speech clip of the
     same class into one video. The two modalities were NOT recorded together: this checks
     that real pixels and real speech survive pack + load, not audio-visual synchrony."""
-    import csv
-    from fractions import Fraction
-
-    import av
-
     from mmexpr.config import DataConfig
     from mmexpr.data.loader import make_loader
+    from mmexpr.synth.real import load_faces, load_voices, read_voice, write_muxed_video
 
-    fer = np.load(shared_data / "fer2013.npz", allow_pickle=True)
-    happy = list(fer["classes"]).index("happy")
-    faces = fer["images"][fer["labels"] == happy][:25]  # 25 faces x 3 frames each
-    with open(shared_data / "ravdess_speech16k" / "labels.csv") as f:
-        row = next(r for r in csv.DictReader(f) if r["emotion"] == "happy")
-    flac = shared_data / "ravdess_speech16k" / row["path"]
-    with av.open(str(flac)) as c:
-        speech = np.concatenate([fr.to_ndarray().reshape(-1) for fr in c.decode(audio=0)]).astype(np.float32)
-        rate = c.streams.audio[0].rate
-    if speech.dtype != np.float32 or np.abs(speech).max() > 1.5:
-        speech = speech / 32768.0
+    happy = 4
+    fer = load_faces(shared_data)
+    faces = fer.images[fer.of_class(happy)[:25]]  # 25 faces x 3 frames each
+    speech, rate = read_voice(next(v for v in load_voices(shared_data) if v.label == happy))
     frames = len(faces) * 3
     src = tmp_path / "src"
-    video = src / "videos" / "realmix.mp4"
-    video.parent.mkdir(parents=True)
-    with av.open(str(video), "w") as out:
-        vs = out.add_stream("libx264", rate=Fraction(25))
-        vs.width = vs.height = 48
-        vs.pix_fmt = "yuv420p"
-        aus = out.add_stream("aac", rate=rate)
-        aus.layout = "mono"
-        for i in range(frames):
-            vf = av.VideoFrame.from_ndarray(np.repeat(faces[i // 3][:, :, None], 3, axis=2), format="rgb24")
-            vf.pts, vf.time_base = i, Fraction(1, 25)
-            for p in vs.encode(vf):
-                out.mux(p)
-        clip = speech[: int(frames / 25 * rate)]
-        for k in range(0, len(clip), 1024):
-            af = av.AudioFrame.from_ndarray(clip[None, k : k + 1024], format="fltp", layout="mono")
-            af.sample_rate, af.pts, af.time_base = rate, k, Fraction(1, rate)
-            for p in aus.encode(af):
-                out.mux(p)
-        for stream in (aus, vs):
-            for p in stream.encode():
-                out.mux(p)
+    clip = speech[: int(frames / 25 * rate)]
+    write_muxed_video(src / "videos" / "realmix.mp4", np.repeat(faces, 3, axis=0), 25, clip, rate)
     write_annotation(src / "annotations" / "Validation_Set" / "realmix.txt", [4] * frames)
     pack_corpus(src, tmp_path / "out", chunk_frames=32, face_size=64, shard_mb=1, progress=False)
     data = DataConfig(window=16, stride=16, image_size=64, batch_size=4, loader_workers=0)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmexpr.labels import IGNORE, NUM_CLASSES, read_annotation
 from mmexpr.synth import face as synth_face
 from mmexpr.synth import speech as synth_speech
-from mmexpr.labels import IGNORE, NUM_CLASSES, read_annotation
 from mmexpr.synth.corpus import SPLIT_FOLDERS, SynthError, SynthSpec, write_corpus
 
 # Face-box edge strength (99th percentile of the vertical gradient after a 3x3 blur): a
