@@ -7,6 +7,7 @@ import fcntl
 import io
 import os
 import re
+import select
 import struct
 import subprocess
 import sys
@@ -47,8 +48,17 @@ def test_a_terminal_gets_one_live_bar_redrawn_in_place():
         for _ in range(5):
             bar.update(1)
         bar.close()
-    out = os.read(master, 65536).decode(errors="replace")
+    chunks = []
+    while select.select([master], [], [], 2.0)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
     os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
     assert "\r" in out and "predict" in out and "5/5" in out
 
 

@@ -53,7 +53,7 @@ class EncoderConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The paper's model; every part switchable (see DESIGN.md, section Model)."""
+    """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
     preset: Literal["pretrained", "tiny"] = Field(
         "pretrained", description="tiny builds small random encoders from configs (tests, demo)"

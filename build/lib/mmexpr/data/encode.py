@@ -87,7 +87,18 @@ class VideoResult:
 
 def sample_key(track: str, first_frame: int) -> str:
     """WebDataset splits keys at the first dot, so dots in a track name become underscores."""
-    return f"{track.replace('.', '_')}_{first_frame:06d}"
+    return f"{safe_track(track)}_{first_frame:06d}"
+
+
+def safe_track(track: str) -> str:
+    return track.replace(".", "_")
+
+
+def track_of_key(key: str, by_safe_name: dict[str, str]) -> str:
+    """The track a sample key belongs to: the inverse of `sample_key`, given
+    `{safe_track(t): t}` for the split's tracks."""
+    stem = key.rsplit("_", 1)[0]
+    return by_safe_name.get(stem, stem)
 
 
 def video_rate(stream: av.video.stream.VideoStream) -> Fraction:

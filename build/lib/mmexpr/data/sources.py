@@ -1,6 +1,6 @@
 """Find what can be packed in an Aff-Wild2-layout tree, and say why the rest cannot.
 
-Layout (see DESIGN.md, section Data):
+Layout (docs/ARCHITECTURE.md has where this sits in the path of a sample):
 
     SOURCE/videos/**/<name>.(mp4|avi)
     SOURCE/annotations/<SplitFolder>/<name>.txt      (<name>_left.txt / <name>_right.txt

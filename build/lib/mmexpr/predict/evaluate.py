@@ -2,7 +2,9 @@
 
 A prediction file is matched to the annotation file of the same track name. A missing
 prediction for an annotated track is an error (the challenge would count it as wrong),
-and so is a length mismatch beyond the padding `fit_to_frames` allows.
+and so is a length mismatch beyond the padding `fit_to_frames` allows. A smaller mismatch
+(Aff-Wild2's label counts often differ from the decoded frame count by a frame or two) is
+fitted: labels padded with -1 or truncated to the predictions, and the report says which.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mmexpr.errors import UserError
-from mmexpr.labels import fit_to_frames, read_annotation, read_submission
+from mmexpr.labels import FitResult, fit_to_frames, read_annotation, read_submission
 from mmexpr.metrics import Scores, score
 
 
@@ -24,12 +26,18 @@ class Report:
     tracks: int
     pred_dir: str
     label_dir: str
+    fitted: tuple[tuple[str, FitResult], ...] = ()  # tracks whose labels were padded or truncated
 
     def text(self) -> str:
-        return (
-            f"{self.tracks} tracks, {self.scores.frames} labelled frames\n"
-            f"predictions: {self.pred_dir}\nannotations: {self.label_dir}\n\n{self.scores.table()}"
-        )
+        lines = [f"{self.tracks} tracks, {self.scores.frames} labelled frames",
+                 f"predictions: {self.pred_dir}", f"annotations: {self.label_dir}"]
+        changed = [(name, f) for name, f in self.fitted if f.padded or f.truncated]
+        if changed:
+            lines.append(f"{len(changed)} track(s) have a label count other than their prediction count; "
+                         "labels were fitted to the predictions:")
+            lines += [f"  {name}: {f.padded} frame(s) padded with -1 (not scored), {f.truncated} label(s) "
+                      "truncated" for name, f in changed]
+        return "\n".join(lines) + "\n\n" + self.scores.table()
 
 
 def evaluate_dirs(pred_dir: str | os.PathLike, label_dir: str | os.PathLike) -> Report:
@@ -42,14 +50,16 @@ def evaluate_dirs(pred_dir: str | os.PathLike, label_dir: str | os.PathLike) -> 
         raise UserError(f"{label_dir}: no annotation files (*.txt)")
     all_labels: list[np.ndarray] = []
     all_preds: list[np.ndarray] = []
+    fitted: list[tuple[str, FitResult]] = []
     for ann in annotations:
         pred_file = pred_dir / ann.name
         if not pred_file.is_file():
             raise UserError(f"{pred_file}: no prediction for annotated track {ann.stem}")
         labels = read_annotation(ann)
         _, preds = read_submission(pred_file)
-        fitted = fit_to_frames(labels, len(preds), source=str(ann)).labels
-        all_labels.append(fitted)
+        fit = fit_to_frames(labels, len(preds), source=str(ann))
+        fitted.append((ann.stem, fit))
+        all_labels.append(fit.labels)
         all_preds.append(preds)
     scores = score(np.concatenate(all_labels), np.concatenate(all_preds))
-    return Report(scores, len(annotations), str(pred_dir), str(label_dir))
+    return Report(scores, len(annotations), str(pred_dir), str(label_dir), tuple(fitted))

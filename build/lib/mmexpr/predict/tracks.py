@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mmexpr.data.batch import frame_sample
-from mmexpr.data.encode import PackSettings
+from mmexpr.data.encode import PackSettings, safe_track, track_of_key
 from mmexpr.data.loader import Decoded, decode_sample
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
 from mmexpr.errors import UserError
@@ -87,12 +87,6 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
     return Track(name, frames, audio, has_audio, fps, labels, problems, starts)
 
 
-def _track_of_key(key: str, by_safe_name: dict[str, str]) -> str:
-    """Sample keys are `<track>_<first frame:06d>` (dots in track names became underscores)."""
-    stem = key.rsplit("_", 1)[0]
-    return by_safe_name.get(stem, stem)
-
-
 def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
     """Split folders to read: SHARDS itself if it holds a manifest, else its <split>/ folders."""
     root = Path(shards)
@@ -136,10 +130,10 @@ class ShardTracks(Dataset):
         # track -> [(manifest index, shard url, sample key, frames)] in frame order
         refs: dict[str, list[tuple[int, str, str, int]]] = defaultdict(list)
         for m_index, manifest in enumerate(self.manifests):
-            safe = {t.replace(".", "_"): t for t in manifest.tracks}
+            safe = {safe_track(t): t for t in manifest.tracks}
             for shard in manifest.shards:
                 for key, frames in zip(shard.keys, shard.sample_frames, strict=True):
-                    track = _track_of_key(key, safe)
+                    track = track_of_key(key, safe)
                     refs[track].append((m_index, manifest.url(shard), key, frames))
         self.names = sorted(refs)
         self.refs = refs
