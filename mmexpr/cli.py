@@ -250,7 +250,8 @@ def _sweep(sub: argparse._SubParsersAction) -> None:
 
 def _pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="pack videos + labels (Aff-Wild2 layout) into WebDataset shards + manifest")
-    p.add_argument("source", help="folder with videos/, annotations/<Split_Set>/, optional cropped_aligned/, transcripts/")
+    p.add_argument("source", help="folder with videos/**, annotations/[<Challenge>/]<Split_Set>/, optional "
+                   "cropped_aligned/, transcripts/ (the ABAW release layout)")
     p.add_argument("out", help="output folder: OUT/<split>/shard-NNNNNN.tar + manifest.json")
     p.add_argument("--split", dest="splits", action="append", default=None, help="pack only this split (repeatable)")
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per sample (default 64)")
@@ -259,6 +260,12 @@ def _pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace splits already packed in OUT")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local one on 127.0.0.1)")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--annotations", default=None, metavar="DIR",
+                   help="the EXPR annotation folder (a challenge folder such as "
+                   "annotations/EXPR_Recognition_Challenge); default: found under SOURCE/annotations")
+    p.add_argument("--test-list", default=None, metavar="FILE",
+                   help="ABAW test-set list (one name per line, name_left/name_right for two people): "
+                   "packs split 'test' with every label -1")
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.data.pack import pack_corpus
@@ -272,6 +279,8 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             overwrite=args.overwrite,
             ray_address=args.ray_address,
             num_cpus=args.cpus,
+            annotations=args.annotations,
+            test_list=args.test_list,
         )
         print(summary)
         return 0

@@ -1,0 +1,126 @@
+"""Aff-Wild2 as ABAW hands it out: challenge folders, videos at any depth, a test list,
+frames without a face, and the errors a wrong layout gets (naming what was searched)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from media import labels_for, write_video
+
+from mmexpr.cli import main as cli_main
+from mmexpr.data.manifest import read_manifest
+from mmexpr.data.pack import pack_corpus
+from mmexpr.data.sources import SourceError, discover
+from mmexpr.labels import write_annotation
+
+PACK = dict(chunk_frames=16, face_size=32, shard_mb=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def release_tree(root: Path, challenge: str = "EXPR_Recognition_Challenge") -> Path:
+    """videos/batch1, batch2 (.avi), new_vids; annotations/<challenge>/Train_Set, Validation_Set."""
+    write_video(root / "videos" / "batch1" / "a.mp4", 20, audio_rate=None)
+    write_video(root / "videos" / "batch2" / "b.avi", 20, audio_rate=None)
+    write_video(root / "videos" / "new_vids" / "t.mp4", 24, audio_rate=None)
+    ann = root / "annotations" / challenge
+    write_annotation(ann / "Train_Set" / "a.txt", labels_for(20))
+    write_annotation(ann / "Validation_Set" / "b.txt", labels_for(20, seed=1))
+    return root
+
+
+def test_release_layout_with_challenge_folder_packs_train_and_validation(tmp_path: Path, ray_local):
+    src = release_tree(tmp_path / "src")
+    write_annotation(src / "annotations" / "VA_Estimation_Challenge" / "Train_Set" / "a.txt", labels_for(20))
+    summary = pack_corpus(src, tmp_path / "out", **PACK)
+    assert set(summary.splits) == {"train", "validation"}
+    assert read_manifest(tmp_path / "out" / "train" / "manifest.json").tracks == ("a",)
+    assert read_manifest(tmp_path / "out" / "validation" / "manifest.json").tracks == ("b",)
+
+
+@pytest.mark.parametrize("challenge", ["EXPR_Classification_Challenge", "EXPR_Set"])
+def test_every_expr_challenge_folder_name_is_found(tmp_path: Path, challenge: str):
+    found = discover(release_tree(tmp_path / "src", challenge))
+    assert sorted(j.video for j in found.jobs) == ["a", "b"]
+
+
+def test_annotations_option_names_the_folder_and_settles_two_expr_folders(tmp_path: Path):
+    src = release_tree(tmp_path / "src")
+    write_annotation(src / "annotations" / "EXPR_Set" / "Train_Set" / "b.txt", labels_for(20))
+    with pytest.raises(SourceError, match="2 folders hold EXPR annotation files(.|\n)*EXPR_Recognition"
+                                          "(.|\n)*EXPR_Set(.|\n)*--annotations"):
+        discover(src)
+    found = discover(src, annotations=src / "annotations" / "EXPR_Set")
+    assert [(j.video, j.split) for j in found.jobs] == [("b", "train")]
+
+
+def test_no_annotation_files_lists_the_folders_searched_and_the_expected_shape(tmp_path: Path, capsys):
+    src = tmp_path / "src"
+    write_video(src / "videos" / "batch1" / "a.mp4", 8, audio_rate=None)
+    (src / "annotations" / "EXPR_Recognition_Challenge").mkdir(parents=True)
+    (src / "annotations" / "notes").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("already here")
+    assert cli_main(["pack", str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"searched for <Split_Set>/<name>.txt in:\n    {src / 'annotations'}" in err
+    assert str(src / "annotations" / "EXPR_Recognition_Challenge") in err
+    assert "found there: EXPR_Recognition_Challenge, notes" in err
+    assert "annotations/EXPR_Recognition_Challenge/Train_Set/<video>.txt" in err and "--annotations DIR" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_crop_folder_without_annotation_is_named_with_what_was_expected(tmp_path: Path):
+    src = release_tree(tmp_path / "src")
+    (src / "cropped_aligned" / "stray_left").mkdir(parents=True)
+    (src / "cropped_aligned" / "a").mkdir()
+    reasons = {Path(s.path).name: s.reason for s in discover(src).skipped}
+    assert set(reasons) == {"stray_left"}
+    assert "no annotation file stray_left.txt in" in reasons["stray_left"]
+    assert "EXPR_Recognition_Challenge/Train_Set" in reasons["stray_left"]
+
+
+def test_test_list_packs_every_listed_track_unlabelled_and_reports_unknown_names(tmp_path: Path, ray_local):
+    src = release_tree(tmp_path / "src")
+    write_video(src / "videos" / "new_vids" / "duo.mp4", 18, audio_rate=None)
+    listing = tmp_path / "test_set.txt"
+    listing.write_text("t\nduo_left\nduo_right\n\nnobody\n")
+    summary = pack_corpus(src, tmp_path / "out", test_list=listing, **PACK)
+    manifest = read_manifest(tmp_path / "out" / "test" / "manifest.json")
+    assert manifest.tracks == ("duo_left", "duo_right", "t")
+    assert manifest.frames == 24 + 2 * 18 and manifest.label_histogram[-1] == manifest.frames
+    assert manifest.extra["test_list"] == {"tracks": ["duo_left", "duo_right", "nobody", "t"], "missing": ["nobody"]}
+    (skip,) = [s for s in manifest.skipped if "nobody" in s["reason"]]
+    assert skip["path"] == f"{listing}:5" and "no video named 'nobody'" in skip["reason"]
+    assert f"{listing}:5" in str(summary)
+    assert set(summary.splits) == {"train", "validation", "test"}
+
+
+def test_missing_crops_are_stored_as_no_face_and_counted_per_track_and_split(tmp_path: Path, ray_local):
+    from PIL import Image
+
+    src = release_tree(tmp_path / "src")
+    crops = src / "cropped_aligned" / "a"
+    crops.mkdir(parents=True)
+    gap = set(range(5, 15))
+    for i in sorted(set(range(20)) - gap):
+        Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(crops / f"{i + 1:05d}.jpg")
+    pack_corpus(src, tmp_path / "out", splits=["train"], **PACK)
+    manifest = read_manifest(tmp_path / "out" / "train" / "manifest.json")
+    assert manifest.extra["faceless_frames"] == {"total": 10, "tracks": {"a": 10}}
+    face = []
+    for sample in wds.WebDataset(str(tmp_path / "out/train/shard-000000.tar"), shardshuffle=False):
+        face += json.loads(sample["json"])["face"]
+    assert face == [0 if i in gap else 1 for i in range(20)]
