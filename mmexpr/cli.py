@@ -128,6 +128,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--zip", action="store_true", help="also write OUT/submission.zip, the archive ABAW uploads")
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -148,6 +149,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                 device=args.device,
                 tracking_uri=args.tracking_uri,
                 output=args.output,
+                zip=args.zip,
             )
         )
         print(summary)
