@@ -124,3 +124,73 @@ def test_missing_crops_are_stored_as_no_face_and_counted_per_track_and_split(tmp
     for sample in wds.WebDataset(str(tmp_path / "out/train/shard-000000.tar"), shardshuffle=False):
         face += json.loads(sample["json"])["face"]
     assert face == [0 if i in gap else 1 for i in range(20)]
+
+
+@pytest.fixture()
+def untrained_checkpoint(tmp_path: Path) -> Path:
+    import torch
+
+    from mmexpr.config import load_job
+    from mmexpr.model.model import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    job = load_job(repo / "jobs" / "demo.yaml", [f"data.shards={tmp_path / 'none'}"])
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": build_model(job.model).state_dict(), "config": job.to_dict()}, path)
+    return path
+
+
+def test_predict_test_split_writes_every_listed_track_and_the_archive(tmp_path: Path, ray_local, untrained_checkpoint, capsys):
+    import zipfile
+
+    from mmexpr.labels import SUBMISSION_HEADER, read_submission
+
+    src = release_tree(tmp_path / "src")
+    write_video(src / "videos" / "new_vids" / "duo.mp4", 18, audio_rate=None)
+    listing = tmp_path / "test_set.txt"
+    listing.write_text("t\nduo_left\nduo_right\nnobody_left\n")
+    pack_corpus(src, tmp_path / "shards", splits=["test"], test_list=listing, **PACK)
+    out = tmp_path / "pred"
+    code = cli_main(["predict", "--checkpoint", str(untrained_checkpoint), "--shards", str(tmp_path / "shards"),
+                     "--split", "test", "--out", str(out), "--zip"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    frames = {"t": 24, "duo_left": 18, "duo_right": 18}
+    for track, n in frames.items():
+        assert (out / f"{track}.txt").read_text().splitlines()[0] == SUBMISSION_HEADER
+        name, preds = read_submission(out / f"{track}.txt")
+        assert name == track and len(preds) == n
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert sorted(z.namelist()) == sorted(f"{t}.txt" for t in frames)
+        assert z.read("t.txt") == (out / "t.txt").read_bytes()
+    assert "nobody_left: listed in the test list but not packed" in printed and "submission.zip" in printed
+    assert json.loads((out / "predict.json").read_text())["not_predicted"][0].startswith("nobody_left")
+
+
+def test_loader_batches_carry_the_face_flag_of_each_frame(tmp_path: Path, ray_local):
+    from PIL import Image
+
+    from mmexpr.config import DataConfig
+    from mmexpr.data.loader import make_loader
+
+    src = release_tree(tmp_path / "src")
+    crops = src / "cropped_aligned" / "a"
+    crops.mkdir(parents=True)
+    for i in range(20):
+        if i % 4:
+            Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(crops / f"{i + 1:05d}.jpg")
+    pack_corpus(src, tmp_path / "out", splits=["train"], **PACK)
+    data = DataConfig(shards=str(tmp_path / "out"), train_split="train", window=8, stride=8, batch_size=4,
+                      image_size=32, loader_workers=0)
+    loader = make_loader(str(tmp_path / "out"), "train", data, train=False)
+    seen = {}
+    for batch in loader:
+        for j in range(len(batch)):
+            for t in range(8):
+                if batch.mask[j, t]:
+                    seen[int(batch.start[j]) + t] = (bool(batch.face[j, t]), int(batch.video[j, t].float().mean()))
+    assert sorted(seen) == list(range(20))
+    for frame, (face, level) in seen.items():
+        assert face == bool(frame % 4)
+        assert (level < 30) == (not face)  # no face: a black frame
