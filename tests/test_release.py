@@ -194,3 +194,32 @@ def test_loader_batches_carry_the_face_flag_of_each_frame(tmp_path: Path, ray_lo
     for frame, (face, level) in seen.items():
         assert face == bool(frame % 4)
         assert (level < 30) == (not face)  # no face: a black frame
+
+
+def test_real_release_corpus_packs_and_predicts_the_test_list(shared_data: Path, tmp_path: Path, ray_local,
+                                                              untrained_checkpoint, capsys):
+    """FER2013 faces (with gaps in cropped_aligned/) and RAVDESS voices in the ABAW release layout.
+    The two modalities were not recorded together: this checks the plumbing on real pixels and
+    real speech, not audio-visual learning."""
+    from mmexpr.labels import read_submission
+    from mmexpr.synth.release import ReleaseSpec, write_release
+
+    corpus = write_release(tmp_path / "affwild2", ReleaseSpec(train=2, validation=1, test=2), shared_data)
+    assert sorted(p.name for p in (corpus.root / "videos").iterdir()) == ["batch1", "batch2", "new_vids"]
+    listing = corpus.test_list.read_text().split()
+    assert len(listing) == 3 and listing[-2].endswith("_left") and listing[-1].endswith("_right")
+    assert cli_main(["pack", str(corpus.root), str(tmp_path / "shards"), "--test-list", str(corpus.test_list),
+                     "--chunk-frames", "32", "--face-size", "32", "--shard-mb", "1"]) == 0
+    for split in ("train", "validation", "test"):
+        manifest = read_manifest(tmp_path / "shards" / split / "manifest.json")
+        assert manifest.extra["faceless_frames"]["total"] == corpus.faceless(split) > 0
+        for track, count in manifest.extra["faceless_frames"]["tracks"].items():
+            assert count == corpus.tracks[track]["faceless"]
+    out = tmp_path / "submission"
+    assert cli_main(["predict", "--checkpoint", str(untrained_checkpoint), "--shards", str(tmp_path / "shards"),
+                     "--split", "test", "--out", str(out), "--zip"]) == 0
+    capsys.readouterr()
+    for track in listing:
+        name, preds = read_submission(out / f"{track}.txt")
+        assert name == track and len(preds) == corpus.tracks[track]["frames"]
+    assert (out / "submission.zip").is_file()
