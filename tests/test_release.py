@@ -104,7 +104,7 @@ def test_test_list_packs_every_listed_track_unlabelled_and_reports_unknown_names
     assert manifest.extra["test_list"] == {"tracks": ["duo_left", "duo_right", "nobody", "t"], "missing": ["nobody"]}
     (skip,) = [s for s in manifest.skipped if "nobody" in s["reason"]]
     assert skip["path"] == f"{listing}:5" and "no video named 'nobody'" in skip["reason"]
-    assert f"{listing}:5" in str(summary)
+    assert f"{listing}:5" in str(summary) and "no face" in str(summary)
     assert set(summary.splits) == {"train", "validation", "test"}
 
 
@@ -223,3 +223,13 @@ def test_real_release_corpus_packs_and_predicts_the_test_list(shared_data: Path,
         name, preds = read_submission(out / f"{track}.txt")
         assert name == track and len(preds) == corpus.tracks[track]["frames"]
     assert (out / "submission.zip").is_file()
+
+
+def test_predict_on_raw_videos_finds_tracks_by_the_same_layout_rules(tmp_path: Path):
+    from mmexpr.data.sources import video_tracks
+
+    src = release_tree(tmp_path / "src")
+    job = video_tracks(src, "b", src / "videos" / "batch2" / "b.avi", 20)
+    assert [t.name for t in job.tracks] == ["b"]
+    assert job.tracks[0].annotation.endswith("EXPR_Recognition_Challenge/Validation_Set/b.txt")
+    assert (job.tracks[0].labels == labels_for(20, seed=1)).all()

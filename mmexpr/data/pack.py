@@ -59,6 +59,7 @@ class SplitSummary:
     frames: int = 0
     shards: int = 0
     bytes: int = 0
+    faceless: int = 0  # frames without a face (missing crops)
     already_packed: bool = False
 
 
@@ -76,11 +77,12 @@ class PackSummary:
             lines = [f"{self.out}: already packed with these settings, nothing to do"]
         else:
             lines = [f"packed into {self.out} in {self.seconds:.1f} s"]
-        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'shards':>8}{'MB':>9}")
+        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'no face':>9}"
+                     f"{'shards':>8}{'MB':>9}")
         for s in self.splits.values():
             note = "  (already packed)" if s.already_packed else ""
             lines.append(
-                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.shards:>8}"
+                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.faceless:>9}{s.shards:>8}"
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
         if self.skipped:
@@ -429,6 +431,7 @@ def pack_corpus(
             frames=manifest.frames,
             shards=len(manifest.shards),
             bytes=sum(s.bytes for s in manifest.shards),
+            faceless=manifest.extra["faceless_frames"]["total"],
         )
     if not any(s.samples or s.already_packed for s in summary.splits.values()):
         raise SourceError(f"{source}: nothing packable\n" + "\n".join(f"  {s.path}: {s.reason}" for s in summary.skipped))
@@ -448,5 +451,6 @@ def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) ->
         frames=m.frames,
         shards=len(m.shards),
         bytes=sum(s.bytes for s in m.shards),
+        faceless=int(m.extra.get("faceless_frames", {}).get("total", 0)),
         already_packed=True,
     )
