@@ -46,8 +46,21 @@ def _synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-crops", action="store_true", help="also write cropped_aligned/<track>/<frame>.jpg")
     p.add_argument("--workers", type=int, default=0, help="processes writing videos (0: one per core)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
+    p.add_argument("--release", action="store_true",
+                   help="instead: the ABAW release layout from real recordings in shared/data (FER2013 faces with "
+                   "gaps in cropped_aligned/, RAVDESS voices, a two-person video, test_set.txt); --videos is per split")
 
     def run(args: argparse.Namespace) -> int:
+        if args.release:
+            from mmexpr.synth.real import NOT_TOGETHER
+            from mmexpr.synth.release import ReleaseSpec, write_release
+
+            corpus = write_release(args.out, ReleaseSpec(train=args.videos, validation=max(1, args.videos // 2),
+                                                         test=max(2, args.videos // 2), seconds=args.seconds,
+                                                         seed=args.seed))
+            print(f"wrote {corpus.root}: {len(corpus.tracks)} tracks, test list {corpus.test_list}")
+            print(f"note: {NOT_TOGETHER}")
+            return 0
         from mmexpr.synth.corpus import SynthSpec, write_corpus
 
         spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,

@@ -90,6 +90,9 @@ def test_crop_folder_without_annotation_is_named_with_what_was_expected(tmp_path
     assert set(reasons) == {"stray_left"}
     assert "no annotation file stray_left.txt in" in reasons["stray_left"]
     assert "EXPR_Recognition_Challenge/Train_Set" in reasons["stray_left"]
+    listing = tmp_path / "test_set.txt"
+    listing.write_text("stray_left\n")
+    assert not discover(src, ["train"], test_list=listing).skipped  # a listed track's crops are no strays
 
 
 def test_test_list_packs_every_listed_track_unlabelled_and_reports_unknown_names(tmp_path: Path, ray_local):

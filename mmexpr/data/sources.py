@@ -323,6 +323,8 @@ def discover(
         if not videos:
             raise SourceError(f"{root / 'videos'}: no video files (.mp4, .avi) for the test list {test_list}")
         named |= _test_jobs(root, test_list, videos, found)
+    elif test_list is not None:  # not packed this time, but its tracks' crops are not strays
+        named |= {name for _, name in read_test_list(test_list)}
     for split_dir in folders:
         split = split_name(split_dir.name)
         if wanted is not None and split not in wanted or (use_test_list and split == "test"):
