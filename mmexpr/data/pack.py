@@ -261,7 +261,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
         pending = {task.remote(job, settings): job for job in jobs}
-        total_frames = sum(max(len(t.labels) for t in job.tracks) for job in jobs)
+        sizes = [max(len(t.labels) for t in job.tracks) for job in jobs]
+        total_frames = sum(sizes) if all(sizes) else None  # a test-list video's length is known once packed
         videos = 0
         with Progress(total_frames, "pack", "frame", enabled=progress) as bar:
             while pending:
