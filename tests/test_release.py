@@ -80,6 +80,9 @@ def test_no_annotation_files_lists_the_folders_searched_and_the_expected_shape(t
     assert "found there: EXPR_Recognition_Challenge, notes" in err
     assert "annotations/EXPR_Recognition_Challenge/Train_Set/<video>.txt" in err and "--annotations DIR" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    write_annotation(src / "annotations" / "EXPR_Recognition_Challenge" / "a.txt", labels_for(8))
+    assert cli_main(["pack", str(src), str(out)]) == 2
+    assert "holds .txt files directly; they belong in a split folder" in capsys.readouterr().err
 
 
 def test_crop_folder_without_annotation_is_named_with_what_was_expected(tmp_path: Path):

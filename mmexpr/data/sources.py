@@ -195,6 +195,11 @@ def expr_split_folders(root: Path, annotations: str | Path | None = None, *, req
         )
         present = sorted(p.name for p in searched.iterdir()) if searched.is_dir() else []
         there = f"\n  found there: {', '.join(present)}" if present else ""
+        loose = [p for p in looked if p.is_dir() and any(p.glob("*.txt"))]
+        there += "".join(
+            f"\n  {p} holds .txt files directly; they belong in a split folder (Train_Set/, Validation_Set/)"
+            for p in loose
+        )
         raise SourceError(
             f"{root}: no EXPR annotation files; searched for <Split_Set>/<name>.txt in:\n{lines}{there}\n"
             f"  {EXPECTED_SHAPE}"
