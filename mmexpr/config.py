@@ -131,7 +131,11 @@ class SlurmConfig(_Strict):
     """
 
     nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)
+    gpus_per_node: int | None = Field(
+        None, ge=0,
+        description="GPUs per node; empty: follow the job (train.workers spread over the nodes when "
+        "train.use_gpu, else 0)",
+    )
     cpus_per_node: int = Field(8, ge=1, description="CPUs per node (cpus-per-task, one task per node)")
     mem: str = Field("", pattern=r"^$|^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G; empty: cluster default")
     time: str = Field("04:00:00", pattern=r"^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$", description="time limit, [D-]HH:MM:SS")

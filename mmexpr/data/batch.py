@@ -12,6 +12,9 @@ The training loader, prediction and the model's example input all build batches 
     start      int64   [B]               absolute first frame of the window in its track
     track      list[str]                 track name per window ("" for padding windows)
     labels     int64   [B, T] or None    class per frame, -1 = ignore; None when unlabelled
+    face       bool    [B, T] or None    a face is visible (False: no face in that frame, a
+                                         missing visual input; its video frame is black);
+                                         None = every frame has one
 
 A fully masked window (an unreadable sample, or the padding that keeps every evaluation
 rank at the same number of batches) is all zeros with mask False.
@@ -50,6 +53,7 @@ class Batch:
     start: torch.Tensor
     track: list[str]
     labels: torch.Tensor | None = None
+    face: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.track)
@@ -87,6 +91,7 @@ class BatchArrays:
         self.start = np.zeros(batch_size, np.int64)
         self.track = [""] * batch_size
         self.labels = np.full((batch_size, window), IGNORE, np.int64) if labelled else None
+        self.face = np.ones((batch_size, window), bool)
 
     def put(
         self,
@@ -99,10 +104,14 @@ class BatchArrays:
         labels: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         audio_span: tuple[int, int] = (0, 0),
+        face: np.ndarray | None = None,
     ) -> None:
         """Window b: `frames` [n <= T, H, W, 3]; samples [a0, a1) of `audio` (a track's or a
-        chunk's waveform, on the clock of `frame_sample`) fill the start of its audio row."""
+        chunk's waveform, on the clock of `frame_sample`) fill the start of its audio row;
+        `face` [n] marks the frames that show a face (None: all do)."""
         n = len(frames)
+        if face is not None:
+            self.face[b, :n] = face
         self.video[b, :n] = frames.transpose(0, 3, 1, 2)
         self.mask[b, :n] = True
         self.fps[b] = fps
@@ -124,6 +133,7 @@ class BatchArrays:
             start=torch.from_numpy(self.start),
             track=list(self.track),
             labels=labels,
+            face=torch.from_numpy(self.face),
         )
 
 

@@ -10,12 +10,14 @@ is shorter) as three members:
   sample round(first_frame * 16000 / fps) of the track, so frame k and audio sample
   round(k * 16000 / fps) are the same instant. A video without an audio stream gets a
   zero-length wav and `"has_audio": false`; the loader turns that into audio_len = 0.
-- `json`: video, track, first_frame, frames, fps, labels (-1 kept), words inside the
-  chunk (times in seconds from the start of the video), source path, has_audio.
+- `json`: video, track, first_frame, frames, fps, labels (-1 kept), face (1 where a face
+  is visible in the frame, 0 where not), words inside the chunk (times in seconds from the
+  start of the video), source path, has_audio.
 
-Where the face comes from, per track:
-- `cropped_aligned/<track>/<00001>.jpg` when that folder exists (a missing crop, which
-  Aff-Wild2 has where no face was detected, becomes a black frame: the label stays);
+Where the face comes from, per track (`track_face`, the one place that decides):
+- `cropped_aligned/<track>/<00001>.jpg` when that folder exists; a missing crop, which
+  Aff-Wild2 has where no face was detected (often hundreds in a row), is no face: a black
+  frame with face 0, which the model treats as a missing visual input (its label stays);
 - otherwise the whole frame resized to face_size x face_size, or, for a two-person video
   without crops, the left half of the frame for `<name>_left` and the right half for
   `<name>_right`. That is a crude stand-in for a face tracker and is documented as such.
@@ -71,6 +73,7 @@ class Sample:
     members: dict[str, bytes]  # extension -> bytes
     frames: int
     label_counts: list[int]  # per class 0..7, then ignored (-1)
+    faceless: int = 0  # frames without a face
 
 
 @dataclass
@@ -156,34 +159,46 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
     return mono
 
 
-def _crop_frame(folder: str, index: int, size: int) -> np.ndarray:
+def _crop_frame(folder: str, index: int, size: int) -> np.ndarray | None:
     from PIL import Image
 
     path = Path(folder) / f"{index + 1:05d}.jpg"
     if not path.is_file():
-        return np.zeros((size, size, 3), np.uint8)
+        return None
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
 
 
+def track_face(track: TrackSource, frame: av.VideoFrame | None, index: int, size: int) -> np.ndarray | av.VideoFrame | None:
+    """The track's face in source frame `index`: an RGB crop (or the source frame, for a track
+    that is the whole picture), or None when the frame shows no face (a crop Aff-Wild2 left
+    out). Every source of faces (crop folders, halves, a face tracker) answers here."""
+    if track.crops is not None:
+        return _crop_frame(track.crops, index, size)
+    assert frame is not None
+    if track.side:
+        rgb = frame.to_ndarray(format="rgb24")
+        half = rgb.shape[1] // 2
+        return np.ascontiguousarray(rgb[:, :half] if track.side == "left" else rgb[:, half:])
+    return frame
+
+
 def _face(
     track: TrackSource, frame: av.VideoFrame | None, index: int, size: int, scaler: VideoReformatter
-) -> av.VideoFrame:
-    """The track's face for one source frame, as a yuv420p frame ready for the encoder.
+) -> tuple[av.VideoFrame, bool]:
+    """The track's face for one source frame as a yuv420p frame ready for the encoder, and
+    whether a face is there (no face: a black frame).
 
     One reformatter per track keeps its scaling context between frames; building a new
     one per frame (what VideoFrame.reformat does) costs more than the encoding.
     """
-    if track.crops is not None:
-        frame = av.VideoFrame.from_ndarray(_crop_frame(track.crops, index, size), format="rgb24")
-    elif track.side:
-        assert frame is not None
-        rgb = frame.to_ndarray(format="rgb24")
-        half = rgb.shape[1] // 2
-        part = rgb[:, :half] if track.side == "left" else rgb[:, half:]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(part), format="rgb24")
-    assert frame is not None
-    return scaler.reformat(frame, width=size, height=size, format="yuv420p", interpolation="BILINEAR")
+    face = track_face(track, frame, index, size)
+    present = face is not None
+    if face is None:
+        face = np.zeros((size, size, 3), np.uint8)
+    if isinstance(face, np.ndarray):
+        face = av.VideoFrame.from_ndarray(face, format="rgb24")
+    return scaler.reformat(face, width=size, height=size, format="yuv420p", interpolation="BILINEAR"), present
 
 
 def source_frames(path: str, decode: bool) -> Iterator[av.VideoFrame | None]:
@@ -239,10 +254,12 @@ class ChunkEncoder:
         self.rate = rate
         self.pending: list[av.VideoFrame] = []
         self.chunks: list[tuple[int, int, bytes]] = []  # (first_frame, frames, mp4)
+        self.face: list[int] = []  # per frame of the track: 1 face present, 0 none
         self.next_first = 0
 
-    def add(self, face: av.VideoFrame) -> None:
+    def add(self, face: av.VideoFrame, present: bool = True) -> None:
         self.pending.append(face)
+        self.face.append(int(present))
         if len(self.pending) == self.settings.chunk_frames:
             self.flush()
 
@@ -312,7 +329,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         frames = 0
         for index, frame in enumerate(source_frames(job.path, decode)):
             for track in job.tracks:
-                encoders[track.name].add(_face(track, frame, index, settings.face_size, scalers[track.name]))
+                encoders[track.name].add(*_face(track, frame, index, settings.face_size, scalers[track.name]))
             frames = index + 1
         audio = read_audio(job.path, settings.sample_rate)
     except (VideoReadError, av.error.FFmpegError) as exc:
@@ -322,7 +339,8 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
     fps = float(rate)
     for track in job.tracks:
         try:
-            fit = fit_to_frames(track.labels, frames, source=track.annotation)
+            labels_in = track.labels if track.annotation else np.full(frames, IGNORE, np.int64)
+            fit = fit_to_frames(labels_in, frames, source=track.annotation)
         except LabelFileError as exc:
             result.skipped.append((track.annotation, str(exc)))
             continue
@@ -331,6 +349,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         encoder.flush()
         for first, count, mp4 in encoder.chunks:
             labels = fit.labels[first : first + count]
+            face = encoder.face[first : first + count]
             meta = {
                 "video": job.video,
                 "track": track.name,
@@ -338,6 +357,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "frames": count,
                 "fps": fps,
                 "labels": [int(v) for v in labels],
+                "face": face,
                 "words": _chunk_words(job, first, count, fps),
                 "source": job.path,
                 "annotation": track.annotation,
@@ -350,5 +370,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "mp4": mp4,
                 "wav": wav,
             }
-            result.samples.append(Sample(sample_key(track.name, first), members, count, _label_counts(labels)))
+            result.samples.append(
+                Sample(sample_key(track.name, first), members, count, _label_counts(labels), count - sum(face))
+            )
     return result

@@ -265,6 +265,13 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
     return Decoded(frames, audio, bool(meta.get("has_audio", len(audio) > 0)), meta)
 
 
+def sample_face(meta: dict, lo: int, hi: int) -> np.ndarray | None:
+    """Face-present flags of frames [lo, hi) of a sample; None where the sample carries none
+    (shards packed before the flag existed: every frame has a face)."""
+    face = meta.get("face")
+    return None if face is None else np.asarray(face[lo:hi], bool)
+
+
 class BatchBuilder:
     """Batches (batch.py) from decoded samples and the plan's window references."""
 
@@ -285,7 +292,8 @@ class BatchBuilder:
             labels[: max(0, ref.covered - lo)] = -1  # labelled by an earlier window already
             span = (frame_sample(lo, fps, self.rate), frame_sample(hi, fps, self.rate))
             arrays.put(b, dec.frames[lo:hi], fps=fps, start=meta["first_frame"] + lo, track=meta["track"],
-                       labels=labels, audio=dec.audio if dec.has_audio else None, audio_span=span)
+                       labels=labels, audio=dec.audio if dec.has_audio else None, audio_span=span,
+                       face=sample_face(meta, lo, hi))
         return arrays.batch()
 
 

@@ -9,9 +9,14 @@ batches of them, averages the logits of every frame over the windows that saw it
     OUT/<track>.npy   float32 [frames, 8] class probabilities (softmax of the averaged logits)
     OUT/predict.json  where the model came from, the window settings and per-track counts
 
-Every frame gets a label: frames without a face were packed as black frames (Aff-Wild2's
-missing crops) and go through the model like any other, and frames no window could read
-(a corrupt chunk) take their nearest neighbour's logits. With `stride == window` and shards
+Tracks are streamed chunk by chunk (tracks.py): only the frames of the windows still to
+run are held, so a 30-minute video needs no more memory than a short one.
+
+Every frame gets a label: frames without a face (Aff-Wild2's missing crops, flagged face=0)
+go through the model as a missing visual input that the audio carries, and frames no
+window could read (a corrupt chunk) take their nearest neighbour's logits. `--zip` also
+writes OUT/submission.zip, the archive ABAW uploads. A track a test list named but pack
+could not find is reported in the summary and predict.json. With `stride == window` and shards
 packed in chunks that are a multiple of the window, the windows are exactly those of the
 training evaluation, so predict -> evaluate reproduces the macro F1 training logged.
 """
@@ -25,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mmexpr.data.batch import Batch, BatchArrays
 from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import write_submission
 from mmexpr.metrics import Scores, score
-from mmexpr.predict.tracks import ShardTracks, Track, VideoTracks
+from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
 
@@ -56,6 +61,7 @@ class PredictOptions:
     tracking_uri: str | None = None
     output: str = "runs"
     progress: bool = True
+    zip: bool = False  # also write OUT/submission.zip, the archive ABAW uploads
 
 
 @dataclass
@@ -70,6 +76,7 @@ class PredictSummary:
     device: str = "cpu"
     problems: list[str] = field(default_factory=list)
     scores: Scores | None = None  # when the inputs carry labels (shards, annotated videos)
+    archive: str = ""
 
     def __str__(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
@@ -79,6 +86,8 @@ class PredictSummary:
             f"model: {self.source}",
             f"wrote {self.out}/<track>.txt (ABAW submission) and <track>.npy (probabilities)",
         ]
+        if self.archive:
+            lines.append(f"archive to upload: {self.archive}")
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  {p}" for p in self.problems[:20]]
@@ -97,48 +106,59 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(track: Track, starts: list[int], window: int, sample_rate: int) -> Batch:
+def window_batch(buffer: TrackBuffer, starts: list[int], window: int) -> Batch:
     """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
-    arrays = BatchArrays(len(starts), window, track.frames.shape[1:3], sample_rate, labelled=False)
-    n = len(track.frames)
+    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False)
     for i, s in enumerate(starts):
-        e = min(s + window, n)
-        arrays.put(i, track.frames[s:e], fps=track.fps, start=s, track=track.name,
-                   audio=track.audio if track.has_audio else None,
-                   audio_span=track.audio_span(s, e, sample_rate))
+        e = min(s + window, buffer.total)
+        arrays.put(i, buffer.window(s, e), fps=buffer.fps, start=s, track=buffer.name,
+                   audio=buffer.audio if buffer.has_audio else None,
+                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e])
     return arrays.batch()
 
 
-@torch.inference_mode()
-def track_logits(
-    model: torch.nn.Module,
-    track: Track,
-    *,
-    window: int,
-    stride: int,
-    batch_size: int,
-    sample_rate: int,
-    device: torch.device,
-) -> np.ndarray:
-    """Averaged logits [frames, 8] of one track over overlapping windows."""
-    stitcher = LogitStitcher(len(track.frames))
-    starts = window_starts(len(track.frames), window, stride)
-    for i in range(0, len(starts), batch_size):
-        part = starts[i : i + batch_size]
-        batch = window_batch(track, part, window, sample_rate)
-        logits = model(batch.to(device))["logits"].float().cpu().numpy()
-        for j, s in enumerate(part):
-            stitcher.add(s, logits[j], batch.mask[j].numpy())
-    return stitcher.logits()
+class StreamedTrack:
+    """One track's windows, run as soon as all their frames have arrived, in batches of the
+    same windows a whole-track pass would form; the frames no window still needs are dropped."""
 
+    def __init__(self, first: Piece, *, window: int, stride: int, sample_rate: int) -> None:
+        self.buffer = TrackBuffer(first, sample_rate)
+        self.window = window
+        self.starts = window_starts(first.total, window, stride)
+        self.next = 0
+        self.stitcher = LogitStitcher(first.total)
 
-def _identity(items: list) -> list:
-    return items[0]
+    @property
+    def finished(self) -> bool:
+        return self.buffer.done and self.next == len(self.starts)
+
+    def _arrived(self) -> int:
+        """Windows from `next` on whose frames are all here."""
+        b = self.buffer
+        n = self.next
+        while n < len(self.starts) and (b.done or min(self.starts[n] + self.window, b.total) <= b.received):
+            n += 1
+        return n - self.next
+
+    @torch.inference_mode()
+    def feed(self, piece: Piece, model: torch.nn.Module, batch_size: int, device: torch.device) -> None:
+        self.buffer.add(piece)
+        while (ready := self._arrived()) >= batch_size or (ready and self.buffer.done):
+            part = self.starts[self.next : self.next + min(ready, batch_size)]
+            batch = window_batch(self.buffer, part, self.window)
+            logits = model(batch.to(device))["logits"].float().cpu().numpy()
+            for j, s in enumerate(part):
+                valid = batch.mask[j].numpy().copy()
+                e = min(s + self.window, self.buffer.total)
+                valid[: e - s] &= self.buffer.readable[s:e]
+                self.stitcher.add(s, logits[j], valid)
+            self.next += len(part)
+        self.buffer.drop_before(self.starts[self.next] if self.next < len(self.starts) else self.buffer.total)
 
 
 def predict_dataset(
     model: torch.nn.Module,
-    dataset: Dataset,
+    dataset: TrackPieces,
     out: str | Path,
     *,
     window: int,
@@ -149,33 +169,54 @@ def predict_dataset(
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[int, int, list[str], Scores | None]:
-    """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores)."""
+    """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores).
+
+    Pieces of up to `workers` tracks arrive interleaved; each track keeps its own buffer and
+    is written as soon as its last window has run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    loader = DataLoader(dataset, batch_size=1, collate_fn=_identity, num_workers=workers, shuffle=False)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
     tracks = frames = 0
     problems: list[str] = []
     all_labels, all_preds = [], []
-    with Progress(len(dataset), "predict", "video", enabled=progress) as bar:
-        for item in loader:
-            for track in item:
-                logits = track_logits(
-                    model, track, window=window, stride=stride, batch_size=batch_size,
-                    sample_rate=sample_rate, device=device,
-                )
-                probs = softmax(logits).astype(np.float32)
-                preds = probs.argmax(axis=1)
-                write_submission(out / f"{track.name}.txt", track.name, preds)
-                np.save(out / f"{track.name}.npy", probs)
-                tracks += 1
-                frames += len(preds)
-                problems += track.problems
-                if (track.labels >= 0).any():
-                    all_labels.append(track.labels)
-                    all_preds.append(preds)
+    open_tracks: dict[str, StreamedTrack] = {}
+    with Progress(len(dataset.names), "predict", "track", enabled=progress) as bar:
+        for piece in loader:
+            track = open_tracks.get(piece.track)
+            if track is None:
+                track = open_tracks[piece.track] = StreamedTrack(piece, window=window, stride=stride,
+                                                                 sample_rate=sample_rate)
+            track.feed(piece, model, batch_size, device)
+            if not track.finished:
+                continue
+            del open_tracks[piece.track]
+            buffer = track.buffer
+            probs = softmax(track.stitcher.logits()).astype(np.float32)
+            preds = probs.argmax(axis=1)
+            write_submission(out / f"{buffer.name}.txt", buffer.name, preds)
+            np.save(out / f"{buffer.name}.npy", probs)
+            tracks += 1
+            frames += len(preds)
+            problems += buffer.summary_problems()
+            if (buffer.labels >= 0).any():
+                all_labels.append(buffer.labels)
+                all_preds.append(preds)
             bar.update(1, frames=frames)
     scores = score(np.concatenate(all_labels), np.concatenate(all_preds)) if all_labels else None
     return tracks, frames, problems, scores
+
+
+def write_zip(out: Path, tracks: list[str]) -> Path:
+    """The archive ABAW uploads: one <track>.txt per track at its root."""
+    import zipfile
+
+    path = out / "submission.zip"
+    tmp = out / ".submission.zip.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in tracks:
+            z.write(out / f"{name}.txt", f"{name}.txt")
+    tmp.replace(path)
+    return path
 
 
 def check_out(out: Path) -> None:
@@ -227,8 +268,10 @@ def predict(opts: PredictOptions) -> PredictSummary:
     stride = opts.stride or max(1, window // 2)
     if not 1 <= stride <= window:
         raise UserError(f"--stride {stride}: must be between 1 and the window ({window})")
+    missing: list[str] = []
     if opts.shards:
-        dataset: Dataset = ShardTracks(opts.shards, opts.splits, job.data.image_size)
+        dataset: TrackPieces = ShardTracks(opts.shards, opts.splits, job.data.image_size)
+        missing = dataset.missing_listed()
     else:
         dataset = VideoTracks(opts.videos, job.data.image_size, pack_settings_of(job), opts.video_names)
     tracks, frames, problems, scores = predict_dataset(
@@ -246,11 +289,13 @@ def predict(opts: PredictOptions) -> PredictSummary:
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
         seconds=time.perf_counter() - begin, window=window, stride=stride, device=str(device),
-        problems=problems, scores=scores,
+        problems=missing + problems, scores=scores,
     )
+    if opts.zip:
+        summary.archive = str(write_zip(Path(opts.out), dataset.names))
     meta = {
         "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
-        "input": opts.shards or opts.videos, "problems": problems,
+        "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
         "macro_f1": scores.macro_f1 if scores else None,
     }
     (Path(opts.out) / "predict.json").write_text(json.dumps(meta, indent=1) + "\n")
