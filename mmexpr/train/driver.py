@@ -33,6 +33,10 @@ from mmexpr.train.handoff import LoopConfig, LoopResult, read_progress
 SETUP_HOOK = "mmexpr.train.worker_setup.setup"
 
 
+class DataLossError(UserError, RuntimeError):
+    """Too many samples could not be used (data.max_skipped); the message names the shards."""
+
+
 class TrainSetupError(UserError):
     """The job cannot start: missing shards, an unknown --resume, too few samples..."""
 
@@ -112,7 +116,7 @@ def resolve_resume(job: JobConfig, resume: str) -> ResumePoint:
     if resume == "latest":
         candidates = []
         for run_dir in root.glob("*") if root.is_dir() else []:
-            tag = ckpt.latest(run_dir / "checkpoints")
+            tag = ckpt.latest_intact(run_dir / "checkpoints")
             if tag is not None:
                 candidates.append((ckpt.read_meta(tag).get("time", 0), run_dir, tag))
         if not candidates:
@@ -129,12 +133,16 @@ def resolve_resume(job: JobConfig, resume: str) -> ResumePoint:
         path = matches[0]
     path = path.resolve()
     if (path / ckpt.META).is_file():
+        found = ckpt.problem(path)
+        if found is not None:
+            raise TrainSetupError(f"--resume {resume}: corrupt checkpoint: {found}; resume from its run folder "
+                                  "to take the newest intact one")
         run_dir = path.parent.parent
         return ResumePoint(run_dir, run_dir.name, path)
     run_dir = path.parent if (path / "latest").is_file() or path.name == "checkpoints" else path
-    tag = ckpt.latest(run_dir / "checkpoints")
+    tag = ckpt.latest_intact(run_dir / "checkpoints")
     if tag is None:
-        raise TrainSetupError(f"--resume {resume}: no complete checkpoint in {run_dir / 'checkpoints'}")
+        raise TrainSetupError(f"--resume {resume}: no complete and intact checkpoint in {run_dir / 'checkpoints'}")
     return ResumePoint(run_dir, run_dir.name, tag)
 
 
@@ -271,9 +279,12 @@ def run_training(
             stop.set()
             display.join(timeout=5)
         outcome = LoopResult.from_metrics(fitted.metrics or {})
+        if outcome.data_loss:
+            raise DataLossError(f"training stopped at step {outcome.step}: {outcome.data_loss}")
         done = outcome.step >= job.train.max_steps and not outcome.preempted
-        status = "FINISHED" if done else "KILLED"
+        ckpt.repoint(run_dir / "checkpoints")
         version = _register(store, job, run_id, run_dir) if done and job.track.register_model else None
+        status = "FINISHED" if done else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -310,8 +321,10 @@ def _close(store: Store, run_id: str, status: str) -> None:
 
 def _register(store: Store, job: JobConfig, run_id: str, run_dir: Path) -> str | None:
     """Register the best checkpoint's consolidated weights (the latest if none was evaluated)."""
-    tag = ckpt.best(run_dir / "checkpoints") or ckpt.latest(run_dir / "checkpoints")
+    ckpt_dir = run_dir / "checkpoints"
+    tag = ckpt.best_intact(ckpt_dir) or ckpt.latest_intact(ckpt_dir)
     if tag is None:
+        print(f"not registered: no intact checkpoint in {ckpt_dir}", flush=True)
         return None
     meta = {**ckpt.read_meta(tag), "path": str(tag)}
     weights = ckpt.load_portable(tag)["weights"]

@@ -47,6 +47,7 @@ class LoopResult:
     preempted: bool
     resumed_from: str
     world_size: int
+    data_loss: str = ""  # why the loop stopped on lost samples (data_loss.py), "" if it did not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
