@@ -164,3 +164,24 @@ def test_predict_refuses_to_write_into_a_folder_it_did_not_create(tiny_checkpoin
     assert code == 2
     assert "did not write" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in labels.glob("*.txt")} == before  # annotations untouched
+
+
+def test_evaluate_says_so_when_a_prediction_file_lacks_its_last_lines(tmp_path, capsys):
+    """A submission cut short scores well on the frames it kept; the report names the file
+    and how many annotated frames went unscored, and full files give no warning."""
+    from mmexpr.labels import write_annotation, write_submission
+
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7] * 5)
+    write_annotation(tmp_path / "ann" / "vidA.txt", labels)
+    write_annotation(tmp_path / "ann" / "vidB.txt", labels)
+    write_submission(tmp_path / "pred" / "vidA.txt", "vidA", labels)
+    short = write_submission(tmp_path / "pred" / "vidB.txt", "vidB", labels)
+    lines = short.read_text().splitlines()
+    short.write_text("\n".join(lines[:-1]) + "\n")  # lost its last line
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {short}: 39 frames, 1 fewer than {tmp_path / 'ann' / 'vidB.txt'}" in out
+    assert "vidA.txt: " not in out.split("tracks,")[0]  # the full file is not flagged
+    write_submission(short, "vidB", labels)
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    assert "warning" not in capsys.readouterr().out
