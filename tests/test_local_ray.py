@@ -49,3 +49,59 @@ def test_local_cluster_binds_only_loopback_whatever_the_cluster_flag_says(
         assert [n.node_ip for n in list_nodes(address=f"http://127.0.0.1:{url.group(2)}", timeout=30)] == ["127.0.0.1"]
     finally:
         ray.shutdown()
+
+
+def _tree(root: int) -> dict[int, str]:
+    """pid -> command line of `root` and every process below it."""
+    try:
+        procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for p in procs:
+        try:
+            out[p.pid] = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.mark.slow
+def test_local_training_listens_only_on_loopback_including_the_torch_store_and_gloo(demo_shards, tmp_path) -> None:
+    """A real `mmexpr train` with 2 Ray Train workers (gloo, rank 0 serving the
+    torch.distributed store): every socket any process of it listens on, sampled while it
+    runs, is on 127.0.0.1, and the train workers' own listeners were among those seen."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "mmexpr.cli", "train", str(repo / "jobs" / "demo.yaml")]
+    for s in (f"data.shards={demo_shards}", f"output={tmp_path / 'out'}", "model.preset=tiny", "data.window=8",
+              "data.stride=8", "data.image_size=64", "data.batch_size=2", "data.loader_workers=0",
+              "train.workers=2", "train.max_steps=6", "train.eval_every=6", "train.checkpoint_every=6",
+              "train.progress=false", "track.experiment=test-loopback", "track.register_model=''"):
+        cmd += ["--set", s]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: dict[tuple[str, int], str] = {}
+    try:
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            tree = _tree(proc.pid)
+            for c in psutil.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN and c.pid in tree:
+                    seen[(c.laddr.ip, c.laddr.port)] = tree[c.pid]
+            time.sleep(0.2)
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    exposed = sorted(f"{ip}:{port} ({cmd[:60]})" for (ip, port), cmd in seen.items() if not _is_loopback(ip))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert any("RayTrainWorker" in cmd for cmd in seen.values()), f"no train worker listener was seen: {seen}"

@@ -458,3 +458,37 @@ def test_a_truncated_optimizer_shard_of_the_newest_checkpoint_resumes_from_the_p
         assert target.name != newest.name and ckpt.problem(target) is None, pointer
     run = _client(result.tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED" and result.registered_version is not None
+
+
+# ---------------------------------------------------------------- lost samples
+
+
+@pytest.mark.slow
+def test_training_on_a_truncated_shard_stops_naming_it_and_is_neither_finished_nor_registered(
+    ray_local, demo_shards, tmp_path, capfd
+):
+    """A train shard cut by 30%: its sha256 no longer matches the manifest, so none of its
+    samples is read; the counts of both ranks are summed, printed and logged, and above
+    data.max_skipped the run stops with an error naming the shard. Its MLflow run is FAILED
+    and no model version is registered."""
+    from mmexpr.data.manifest import read_manifest
+    from mmexpr.store import local_store
+    from mmexpr.train.driver import DataLossError, run_training
+
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    manifest = read_manifest(shards / "train" / "manifest.json")
+    victim = shards / "train" / manifest.shards[0].url
+    data = victim.read_bytes()
+    victim.write_bytes(data[: int(len(data) * 0.7)])
+    out = tmp_path / "out"
+    job = _job(shards, out, "train.log_every=2", "track.register_model=mmexpr-lost-samples")
+    with pytest.raises(DataLossError, match=rf"{victim.name} \(\d+ skipped: .*sha256"):
+        run_training(job)
+    assert "data: train: skipped" in capfd.readouterr().out
+    client = _client(local_store(str(out))[0])
+    experiment = client.get_experiment_by_name(job.track.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["data/train_skipped"] > 0 and run.data.metrics["data/train_skipped_fraction"] > 0.01
+    assert not client.search_model_versions("name='mmexpr-lost-samples'")

@@ -204,11 +204,13 @@ def _fit(job: JobConfig, loop: LoopConfig, run_dir: Path):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mmexpr.train.loopback import LoopbackTorchConfig, cluster_on_loopback
     from mmexpr.train.worker import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_dict(),
+        torch_config=LoopbackTorchConfig() if cluster_on_loopback() else None,
         scaling_config=ScalingConfig(
             num_workers=job.train.workers,
             use_gpu=job.train.use_gpu,
