@@ -155,6 +155,24 @@ def test_bad_job_fails_before_any_worker_starts(demo_shards, tmp_path):
     assert ray.is_initialized() == ray_was_up, "the driver refused the job before starting Ray"
 
 
+def test_a_batch_that_cannot_fit_in_memory_fails_at_start_naming_the_keys(demo_shards, tmp_path):
+    """`--set data.window=100000` passes config validation; training refuses it before Ray
+    starts, from the batch's size, instead of dying later in Ray's out-of-memory killer."""
+    import psutil
+    import ray
+
+    from mmexpr.train.driver import TrainSetupError, batch_memory, run_training
+
+    ray_was_up = ray.is_initialized()
+    huge = _job(demo_shards, tmp_path / "out", "data.window=100000")
+    assert batch_memory(huge) * huge.train.workers > psutil.virtual_memory().total
+    with pytest.raises(TrainSetupError, match=r"data\.batch_size=4 x data\.window=100000 .*data\.image_size=64"):
+        run_training(huge)
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+    assert ray.is_initialized() == ray_was_up
+    assert batch_memory(_job(demo_shards, tmp_path / "out")) < 2**30  # the test jobs themselves are far below
+
+
 # ---------------------------------------------------------------- 2 workers, ZeRO-2
 
 

@@ -97,9 +97,48 @@ def check_data(job: JobConfig) -> list[int]:
     return read_manifest(manifest_path(d.shards, d.train_split)).class_counts()
 
 
+ACTIVATION_COPIES = 4  # float32 copies of a batch's frames the forward pass holds at least
+
+
+def batch_memory(job: JobConfig) -> int:
+    """A lower bound on the bytes one worker holds for its batches: the uint8 batches the
+    loader has in flight (batch.py's shapes) and the float32 frames with the activations
+    of the visual encoder's first layers, each at least the size of its input."""
+    from mmexpr.data.batch import audio_samples
+
+    d = job.data
+    frames = d.batch_size * d.window * 3 * d.image_size**2
+    audio = d.batch_size * audio_samples(d.window, d.sample_rate) * 4
+    in_flight = 1 + 2 * d.loader_workers  # the one in use, two prefetched per loader worker
+    return in_flight * (frames + audio) + ACTIVATION_COPIES * 4 * frames
+
+
+def check_memory(job: JobConfig) -> None:
+    """Refuse at start a batch that cannot fit in this machine's memory (or one GPU's), so a
+    job does not die a minute later in Ray's out-of-memory killer."""
+    import psutil
+
+    need = batch_memory(job)
+    if job.train.use_gpu:
+        import torch
+
+        have, where = torch.cuda.get_device_properties(0).total_memory, "one GPU's memory"
+    else:
+        need *= job.train.workers
+        have, where = psutil.virtual_memory().total, f"this machine's memory ({job.train.workers} workers)"
+    if need > have:
+        d = job.data
+        raise TrainSetupError(
+            f"data.batch_size={d.batch_size} x data.window={d.window} frames x data.image_size={d.image_size}^2 "
+            f"needs at least {need / 2**30:.1f} GiB for batches alone, more than {where}, {have / 2**30:.1f} GiB; "
+            "lower data.window, data.batch_size, data.image_size or train.workers"
+        )
+
+
 def check_resources(job: JobConfig, address: str | None) -> None:
     if address:
         return  # a cluster's resources are its own; Ray reports what it lacks
+    check_memory(job)
     if job.train.use_gpu:
         import torch
 
