@@ -309,6 +309,7 @@ def run_training(
         started_at=time.time(),
     )
     started = start_ray(job, address)
+    loop = _with_fate(loop)
     status = "FAILED"
     try:
         stop = threading.Event()
@@ -351,6 +352,19 @@ def run_training(
     )
     print(out.summary(), flush=True)
     return out
+
+
+def _with_fate(loop: LoopConfig) -> LoopConfig:
+    """On the local loopback cluster, workers end when this driver process dies (fate.py)."""
+    from dataclasses import replace
+
+    from mmexpr.train import fate
+    from mmexpr.train.loopback import cluster_on_loopback
+
+    if not cluster_on_loopback():
+        return loop
+    pid, started = fate.identity()
+    return replace(loop, driver_pid=pid, driver_started=started)
 
 
 def _close(store: Store, run_id: str, status: str) -> None:

@@ -346,7 +346,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     import ray.train
 
-    trainer = Trainer(LoopConfig.from_dict(config))
+    from mmexpr.train import fate
+
+    loop = LoopConfig.from_dict(config)
+    fate.watch(loop.driver_pid, loop.driver_started)
+    trainer = Trainer(loop)
     result = trainer.run().to_dict()
     if trainer.rank != 0:
         ray.train.report(result)
