@@ -38,6 +38,12 @@ class DataConfig(_Strict):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(64, ge=0, description="sample shuffle buffer in training")
     sample_rate: int = Field(16000, ge=1000, description="audio rate the shards hold")
+    max_skipped: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="fraction of samples read that may be skipped (undecodable, truncated shard, checksum "
+        "mismatch) before a training stops with an error naming the shards",
+    )
+    verify_shards: bool = Field(True, description="check each local shard's sha256 against the manifest before reading it")
 
 
 EncoderTrain = Literal["frozen", "full", "last"]

@@ -244,3 +244,25 @@ def test_streamed_track_holds_only_the_windows_it_needs_and_equals_the_whole_tra
     np.testing.assert_array_equal(track.buffer.labels, fit_labels := buffer.labels)
     assert (fit_labels[:300] == labels_for(300)).all()
     assert not track.buffer.face[100:140].any() and track.buffer.face[:100].all() and track.buffer.face[140:].all()
+
+
+def test_evaluate_says_so_when_a_prediction_file_lacks_its_last_lines(tmp_path, capsys):
+    """A submission cut short scores well on the frames it kept; the report names the file
+    and how many annotated frames went unscored, and full files give no warning."""
+    from mmexpr.labels import write_annotation, write_submission
+
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7] * 5)
+    write_annotation(tmp_path / "ann" / "vidA.txt", labels)
+    write_annotation(tmp_path / "ann" / "vidB.txt", labels)
+    write_submission(tmp_path / "pred" / "vidA.txt", "vidA", labels)
+    short = write_submission(tmp_path / "pred" / "vidB.txt", "vidB", labels)
+    lines = short.read_text().splitlines()
+    short.write_text("\n".join(lines[:-1]) + "\n")  # lost its last line
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {short}: 39 frames, 1 fewer than {tmp_path / 'ann' / 'vidB.txt'}" in out
+    assert "vidA.txt: " not in out.split("tracks,")[0]  # the full file is not flagged
+    write_submission(short, "vidB", labels)
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    assert "warning" not in capsys.readouterr().out
+

@@ -22,8 +22,9 @@ Where the face comes from, per track (`track_face`, the one place that decides):
   without crops, the left half of the frame for `<name>_left` and the right half for
   `<name>_right`. That is a crude stand-in for a face tracker and is documented as such.
 
-Encoding runs single-threaded (`threads=1`, bitexact muxing) so the same input gives the
-same bytes; parallelism comes from packing many videos at once.
+Encoding and scaling run single-threaded (`threads=1`, bitexact scaling and muxing) and
+fresh memory is filled with a fixed byte (`fixed_fresh_memory`), so the same input gives
+the same bytes; parallelism comes from packing many videos at once.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.sources import TrackSource, VideoJob
 from mmexpr.labels import IGNORE, NUM_CLASSES, FitResult, LabelFileError, fit_to_frames
 
 SAMPLE_RATE = 16000
+SCALE_EXACT = Interpolation.BILINEAR | Interpolation.BITEXACT
+M_PERTURB = -6  # mallopt parameter of glibc's malloc.h
+PERTURB_BYTE = 0x5A
 
 
 class VideoReadError(Exception):
@@ -177,7 +181,7 @@ def track_face(track: TrackSource, frame: av.VideoFrame | None, index: int, size
         return _crop_frame(track.crops, index, size)
     assert frame is not None
     if track.side:
-        rgb = frame.to_ndarray(format="rgb24")
+        rgb = frame.to_ndarray(format="rgb24", threads=1, interpolation=SCALE_EXACT)
         half = rgb.shape[1] // 2
         return np.ascontiguousarray(rgb[:, :half] if track.side == "left" else rgb[:, half:])
     return frame
@@ -190,7 +194,9 @@ def _face(
     whether a face is there (no face: a black frame).
 
     One reformatter per track keeps its scaling context between frames; building a new
-    one per frame (what VideoFrame.reformat does) costs more than the encoding.
+    one per frame (what VideoFrame.reformat does) costs more than the encoding. Scaling is
+    single-threaded and bitexact: swscale's default picks its thread count from the CPUs it
+    finds and slices the picture by it, which changed pixels between packs of one corpus.
     """
     face = track_face(track, frame, index, size)
     present = face is not None
@@ -198,7 +204,29 @@ def _face(
         face = np.zeros((size, size, 3), np.uint8)
     if isinstance(face, np.ndarray):
         face = av.VideoFrame.from_ndarray(face, format="rgb24")
-    return scaler.reformat(face, width=size, height=size, format="yuv420p", interpolation="BILINEAR"), present
+    return scaler.reformat(face, width=size, height=size, format="yuv420p", interpolation=SCALE_EXACT,
+                           threads=1), present
+
+
+def fixed_fresh_memory() -> None:
+    """Make glibc fill every block it hands out with one fixed byte, in this process.
+
+    x264 reads memory it has not written yet (faces whose chroma rows are not a multiple
+    of 32 bytes wide, e.g. 56 for 112-pixel faces), so the same pixels gave other
+    bitstreams from one pack to the next, depending on what the allocator left there.
+    M_PERTURB makes those bytes the same every time; without glibc nothing changes.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_PERTURB, PERTURB_BYTE)
+    except (OSError, AttributeError):
+        return
 
 
 def source_frames(path: str, decode: bool) -> Iterator[av.VideoFrame | None]:
@@ -321,6 +349,7 @@ def _chunk_audio(audio: np.ndarray | None, first: int, frames: int, fps: float, 
 def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
     """All samples of one video (one Ray task). A video that cannot be read is skipped whole."""
     result = VideoResult(job.video, job.split)
+    fixed_fresh_memory()
     try:
         rate = open_rate(job.path)
         encoders = {t.name: ChunkEncoder(settings, rate) for t in job.tracks}

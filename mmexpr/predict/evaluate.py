@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mmexpr.errors import UserError
-from mmexpr.labels import FitResult, fit_to_frames, read_annotation, read_submission
+from mmexpr.labels import fit_to_frames, read_annotation, read_submission
 from mmexpr.metrics import Scores, score
 
 
@@ -26,18 +26,29 @@ class Report:
     tracks: int
     pred_dir: str
     label_dir: str
-    fitted: tuple[tuple[str, FitResult], ...] = ()  # tracks whose labels were padded or truncated
+    mismatches: tuple[str, ...] = ()  # one line per track whose lengths differ
 
     def text(self) -> str:
-        lines = [f"{self.tracks} tracks, {self.scores.frames} labelled frames",
-                 f"predictions: {self.pred_dir}", f"annotations: {self.label_dir}"]
-        changed = [(name, f) for name, f in self.fitted if f.padded or f.truncated]
-        if changed:
-            lines.append(f"{len(changed)} track(s) have a label count other than their prediction count; "
-                         "labels were fitted to the predictions:")
-            lines += [f"  {name}: {f.padded} frame(s) padded with -1 (not scored), {f.truncated} label(s) "
-                      "truncated" for name, f in changed]
-        return "\n".join(lines) + "\n\n" + self.scores.table()
+        warnings = "".join(f"warning: {line}\n" for line in self.mismatches)
+        return (
+            f"{warnings}{self.tracks} tracks, {self.scores.frames} labelled frames\n"
+            f"predictions: {self.pred_dir}\nannotations: {self.label_dir}\n\n{self.scores.table()}"
+        )
+
+
+def length_mismatch(pred_file: Path, predicted: int, ann: Path, annotated: int) -> str | None:
+    """A line saying which frames a length difference leaves unscored or unlabelled, or None.
+
+    A few frames' difference is allowed (Aff-Wild2's annotations and videos disagree by that
+    much), but it is never silent: a prediction file that lost its last lines scores well
+    on the frames it kept.
+    """
+    if predicted == annotated:
+        return None
+    if predicted < annotated:
+        return (f"{pred_file}: {predicted} frames, {annotated - predicted} fewer than {ann}; "
+                f"its last {annotated - predicted} annotated frame(s) are not scored")
+    return f"{pred_file}: {predicted} frames, {predicted - annotated} more than {ann}; those are scored as unlabelled"
 
 
 def evaluate_dirs(pred_dir: str | os.PathLike, label_dir: str | os.PathLike) -> Report:
@@ -50,16 +61,18 @@ def evaluate_dirs(pred_dir: str | os.PathLike, label_dir: str | os.PathLike) -> 
         raise UserError(f"{label_dir}: no annotation files (*.txt)")
     all_labels: list[np.ndarray] = []
     all_preds: list[np.ndarray] = []
-    fitted: list[tuple[str, FitResult]] = []
+    mismatches: list[str] = []
     for ann in annotations:
         pred_file = pred_dir / ann.name
         if not pred_file.is_file():
             raise UserError(f"{pred_file}: no prediction for annotated track {ann.stem}")
         labels = read_annotation(ann)
         _, preds = read_submission(pred_file)
-        fit = fit_to_frames(labels, len(preds), source=str(ann))
-        fitted.append((ann.stem, fit))
-        all_labels.append(fit.labels)
+        fitted = fit_to_frames(labels, len(preds), source=str(ann)).labels
+        note = length_mismatch(pred_file, len(preds), ann, len(labels))
+        if note is not None:
+            mismatches.append(note)
+        all_labels.append(fitted)
         all_preds.append(preds)
     scores = score(np.concatenate(all_labels), np.concatenate(all_preds))
-    return Report(scores, len(annotations), str(pred_dir), str(label_dir), tuple(fitted))
+    return Report(scores, len(annotations), str(pred_dir), str(label_dir), tuple(mismatches))

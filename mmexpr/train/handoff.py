@@ -27,6 +27,8 @@ class LoopConfig:
     resume_tag: str | None  # --resume's checkpoint; a Ray restart prefers a newer one of this invocation
     class_counts: list[int]  # train label histogram, for class weights
     started_at: float  # wall time the invocation started (newer checkpoints are its own)
+    driver_pid: int = 0  # local runs: the driver whose death ends the workers (fate.py); 0 = none
+    driver_started: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"loop": asdict(self)}
@@ -47,6 +49,7 @@ class LoopResult:
     preempted: bool
     resumed_from: str
     world_size: int
+    data_loss: str = ""  # why the loop stopped on lost samples (data_loss.py), "" if it did not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
