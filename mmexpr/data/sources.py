@@ -74,6 +74,7 @@ class VideoJob:
     path: str
     tracks: tuple[TrackSource, ...]
     words: tuple[Word, ...] = ()
+    faces: str | None = None  # cached detections of this video (faces.video.VideoFaces json), if any
 
 
 @dataclass
@@ -83,6 +84,22 @@ class Discovery:
 
     def splits(self) -> list[str]:
         return sorted({job.split for job in self.jobs})
+
+
+FACE_MODES = ("detect", "frame")
+
+
+def faces_mode(root: str | Path) -> str:
+    """Where faces come from for tracks without crops when the user does not say: "frame" for
+    a corpus written by `mmexpr synth` (its drawn face is the frame, and no detector is trained
+    on drawn faces), "detect" for everything else."""
+    from mmexpr.synth.corpus import GENERATOR
+
+    try:
+        facts = json.loads((Path(root) / "corpus.json").read_text())
+    except (OSError, ValueError):
+        return "detect"
+    return "frame" if isinstance(facts, dict) and facts.get("generator") == GENERATOR else "detect"
 
 
 def split_name(folder: str) -> str:
