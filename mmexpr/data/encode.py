@@ -343,8 +343,8 @@ def _located_faces(job: VideoJob, settings: PackSettings, result: VideoResult) -
         except (ValueError, KeyError, TypeError, IndexError):
             faces = None
     if faces is None:
-        faces = detect_video(job.path, Detector(detector), tracker)
-        result.faces = faces.to_json()
+        result.faces = detect_video(job.path, Detector(detector), tracker).to_json()
+        faces = VideoFaces.from_json(result.faces)  # as a re-pack reads it back: the same bytes
     mapped = faces_for_tracks(faces, [t.side for t in needs])
     return {t.name: mapped[t.side] if t.crops is None else None for t in job.tracks}
 

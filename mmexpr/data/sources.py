@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from mmexpr.errors import UserError
+from mmexpr.faces.video import VIDEO_SUFFIXES
 from mmexpr.labels import LabelFileError, read_annotation, split_track, track_name
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 # Aff-Wild2 folder names -> our split names; anything else becomes its lowercase name.
 SPLIT_NAMES = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}

@@ -30,6 +30,7 @@ from mmexpr.faces.track import FaceTrack, TrackerSettings, link
 from mmexpr.progress import Progress
 
 CSV_HEADER = ("frame", "track", "x1", "y1", "x2", "y2", "score")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 CACHE_VERSION = 1
 
 
@@ -212,9 +213,6 @@ def faces_for_tracks(faces: VideoFaces, sides: list[str]) -> dict[str, dict[int,
                 chosen.setdefault(d.frame, d)
         out[side] = chosen
     return out
-
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
 def faces_command(source: str | os.PathLike, out: str | os.PathLike, *, preview: bool = False,

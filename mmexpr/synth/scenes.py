@@ -127,11 +127,11 @@ def scene_labels(scene: Scene, person: int) -> np.ndarray:
 
 
 def write_scene_corpus(out: Path, faces: Faces, specs: list[SceneSpec], seed: int = 0,
-                       split_folder: str = "Train_Set") -> list[Scene]:
+                       split_folder: str = "Train_Set", pool: np.ndarray | None = None) -> list[Scene]:
     """Scenes as videos/scene<k>.mp4 (no audio) + annotations/<split_folder>/scene<k>[_left|_right].txt."""
     scenes = []
     for k, spec in enumerate(specs):
-        scene = make_scene(faces, spec, seed + k)
+        scene = make_scene(faces, spec, seed + k, pool)
         name = f"scene{k:03d}"
         write_muxed_video(out / "videos" / f"{name}.mp4", scene.frames, scene.fps, None, 16000)
         sides = [""] if spec.people == 1 else ["left", "right"]
