@@ -244,3 +244,18 @@ def test_pack_crops_detected_faces_marks_frames_without_one_and_reuses_its_detec
     assert cache.stat().st_mtime_ns == stamp  # the re-pack took the cached detections
     after = {p.name: p.read_bytes() for p in (out / "train").glob("shard-*.tar")}
     assert after == before
+
+
+def test_predict_on_raw_videos_cuts_faces_with_the_tracker(fer, pool, tmp_path):
+    from mmexpr.predict.tracks import VideoTracks
+    from mmexpr.synth.scenes import SceneSpec, write_scene_corpus
+
+    (scene,) = write_scene_corpus(tmp_path / "src", fer, [SceneSpec(people=1, frames=30)], seed=5, pool=pool)
+    dataset = VideoTracks(tmp_path / "src", 48)
+    assert dataset.settings.faces == "detect"  # not a synth corpus: its faces are detected
+    (track,) = dataset[0]
+    assert track.name == "scene000" and track.frames.shape == (30, 48, 48, 3)
+    visible = scene.visible(0)
+    brightness = track.frames.reshape(30, -1).mean(1)
+    assert (brightness[~visible] < 1).all()  # no face: a black frame
+    assert (brightness[visible] > 20).mean() >= 0.9  # the aligned face elsewhere
