@@ -4,4 +4,5 @@ Each module has `main(argv) -> int` and prints one table (table.py). They live i
 package so that an installed mmexpr runs them; tests import them from here.
 """
 
-NAMES = ("loader", "model", "train", "predict_memory")
+
+NAMES = ("faces", "loader", "model", "predict_memory", "train")

@@ -145,10 +145,10 @@ def measure_jpeg_windows(folders: list[list[Path]], read, window: int, batch_siz
 def measure_packing(corpus: Path, face_size: int, chunk_frames: int) -> float:
     """Seconds of video packed per CPU second, one video after another in this process."""
     from mmexpr.data.encode import PackSettings, pack_video
-    from mmexpr.data.sources import discover
+    from mmexpr.data.sources import discover, faces_mode
 
     jobs = discover(corpus).jobs
-    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size, faces=faces_mode(corpus))
     pack_video(jobs[0], settings)  # warm-up: imports (torch for resampling), codec tables
     begin = _cpu()
     seconds = 0.0

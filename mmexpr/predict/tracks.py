@@ -10,7 +10,8 @@ Two sources of pieces:
 - shards (`ShardTracks` over a manifest): the packed chunks of each track, decoded exactly
   as the training loader decodes them (`loader.decode_sample`);
 - raw videos (`VideoTracks`): each video goes through the pack stage's own
-  `encode.pack_video` (same face crops, same H.264 round trip, same audio resampling), so a
+  `encode.pack_video` (same face crops, from the same face tracker where a track has no
+  `cropped_aligned/` folder, same H.264 round trip, same audio resampling), so a
   model sees at prediction time precisely the kind of input it was trained on; there is no
   second decoder to drift from the first.
 
@@ -301,7 +302,11 @@ class VideoTracks(TrackPieces):
                 raise PredictInputError(f"{video_root}: no video(s) named {unknown}")
         self.names = sorted(names if names is not None else self.videos)
         self.image_size = image_size
-        self.settings = settings or PackSettings()
+        if settings is None:
+            from mmexpr.data.sources import faces_mode
+
+            settings = PackSettings(faces=faces_mode(root))
+        self.settings = settings
 
     def _job(self, video: str):
         from mmexpr.data.encode import source_frames
