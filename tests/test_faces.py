@@ -253,9 +253,13 @@ def test_predict_on_raw_videos_cuts_faces_with_the_tracker(fer, pool, tmp_path):
     (scene,) = write_scene_corpus(tmp_path / "src", fer, [SceneSpec(people=1, frames=30)], seed=5, pool=pool)
     dataset = VideoTracks(tmp_path / "src", 48)
     assert dataset.settings.faces == "detect"  # not a synth corpus: its faces are detected
-    (track,) = dataset[0]
-    assert track.name == "scene000" and track.frames.shape == (30, 48, 48, 3)
+    pieces = list(dataset.pieces(0))
+    assert {p.track for p in pieces} == {"scene000"}
+    frames = np.concatenate([p.frames for p in pieces])
+    assert frames.shape == (30, 48, 48, 3)
+    face = np.concatenate([p.face for p in pieces])
     visible = scene.visible(0)
-    brightness = track.frames.reshape(30, -1).mean(1)
+    assert (face == visible).mean() >= 0.9  # the face flag follows the detections
+    brightness = frames.reshape(30, -1).mean(1)
     assert (brightness[~visible] < 1).all()  # no face: a black frame
     assert (brightness[visible] > 20).mean() >= 0.9  # the aligned face elsewhere
