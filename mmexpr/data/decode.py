@@ -30,28 +30,25 @@ def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
     import cv2
 
     height, width = stream.codec_context.height, stream.codec_context.width
-    count = stream.frames or 0
-    out = np.empty((max(count, 1), height, width, 3), np.uint8)
+    frames = container.decode(stream)
+    first = next(frames, None)
+    if first is None:
+        return []
+    planar = first.format.name == "yuv420p" and not (first.width % 2 or first.height % 2)
+    if not planar or (first.height, first.width) != (height, width):
+        return [f.to_ndarray(format="rgb24") for f in (first, *frames)]
+    out = np.empty((max(stream.frames or 0, 1), height, width, 3), np.uint8)
+    convert, code = cv2.cvtColor, cv2.COLOR_YUV2RGB_I420
+    convert(first.to_ndarray(), code, dst=out[0])  # [H * 3/2, W] planes: Y, then U, then V
+    n = 1
     extra: list[np.ndarray] = []
-    n = 0
-    for frame in container.decode(stream):
-        if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2 or (frame.height, frame.width) != (height, width):
-            rgb = frame.to_ndarray(format="rgb24")
-        else:
-            yuv = frame.to_ndarray()  # [H * 3/2, W]: Y, then U, then V
-            if n < len(out):
-                cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420, dst=out[n])
-                n += 1
-                continue
-            rgb = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
-        if n < len(out) and rgb.shape == out.shape[1:]:
-            out[n] = rgb
+    for frame in frames:  # one hot loop: the stream's format does not change between frames
+        if n < len(out):
+            convert(frame.to_ndarray(), code, dst=out[n])
             n += 1
-        else:
-            extra.append(rgb)
-    if not extra:
-        return out[:n]
-    return [*out[:n], *extra]
+        else:  # the container under-reported its frame count
+            extra.append(convert(frame.to_ndarray(), code))
+    return [*out[:n], *extra] if extra else out[:n]
 
 
 def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
