@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from mmexpr.data.decode import frames_to_chw
 from mmexpr.labels import IGNORE
 
 MIN_FPS = 24  # the audio buffer of a window is sized for this frame rate or faster
@@ -103,7 +104,7 @@ class BatchArrays:
         """Window b: `frames` [n <= T, H, W, 3]; samples [a0, a1) of `audio` (a track's or a
         chunk's waveform, on the clock of `frame_sample`) fill the start of its audio row."""
         n = len(frames)
-        self.video[b, :n] = frames.transpose(0, 3, 1, 2)
+        frames_to_chw(frames, self.video[b, :n])
         self.mask[b, :n] = True
         self.fps[b] = fps
         self.start[b] = start

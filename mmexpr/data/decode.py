@@ -74,6 +74,19 @@ def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
     return resize_frames(frames, size)
 
 
+def frames_to_chw(frames: np.ndarray, out: np.ndarray) -> None:
+    """Copy [n, H, W, 3] frames into `out` [n, 3, H, W]: OpenCV's split writes each channel
+    plane in place, about twice as fast as numpy's strided transpose copy of uint8."""
+    import cv2
+
+    planes_contiguous = out.strides[-1] == 1 and out.strides[-2] == out.shape[-1]
+    if frames.dtype != np.uint8 or out.dtype != np.uint8 or not frames.flags.c_contiguous or not planes_contiguous:
+        out[...] = frames.transpose(0, 3, 1, 2)
+        return
+    for frame, planes in zip(frames, out, strict=True):
+        cv2.split(frame, list(planes))
+
+
 def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     """[F, H, W, 3] uint8 -> [F, size, size, 3] (bilinear, antialiased); unchanged if already so."""
     if not size or frames.shape[1:3] == (size, size):
