@@ -61,8 +61,10 @@ class EncoderConfig(_Strict):
 class ModelConfig(_Strict):
     """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
-    preset: Literal["pretrained", "tiny"] = Field(
-        "pretrained", description="tiny builds small random encoders from configs (tests, demo)"
+    preset: Literal["pretrained", "tiny", "scratch"] = Field(
+        "pretrained",
+        description="tiny builds small random encoders from configs (tests, demo); scratch builds "
+        "the named encoders' real architectures (CLIP ViT-B/16, wav2vec2-base) with random weights",
     )
     modalities: Literal["audio_video", "video", "audio"] = "audio_video"
     visual: EncoderConfig = EncoderConfig(name="openai/clip-vit-base-patch16")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from mmexpr.data.decode import frames_to_chw
 from mmexpr.labels import IGNORE
 
 MIN_FPS = 24  # the audio buffer of a window is sized for this frame rate or faster
@@ -112,7 +113,7 @@ class BatchArrays:
         n = len(frames)
         if face is not None:
             self.face[b, :n] = face
-        self.video[b, :n] = frames.transpose(0, 3, 1, 2)
+        frames_to_chw(frames, self.video[b, :n])
         self.mask[b, :n] = True
         self.fps[b] = fps
         self.start[b] = start

@@ -303,6 +303,8 @@ class Trainer:
                     metrics.update(self._lrs())
                     metrics["train/samples_per_s"] = per_step / seconds
                     metrics["train/data_wait"] = wait / seconds
+                    if self.place.accelerator == "cuda":
+                        metrics["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
                     self.logger.metrics(metrics, p.step)
                     if p.step % t.log_every == 0:
                         self.logger.flush()
