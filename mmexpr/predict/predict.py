@@ -32,6 +32,7 @@ from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import write_submission
 from mmexpr.metrics import Scores, score
+from mmexpr.model.heads import smooth_probabilities
 from mmexpr.predict.tracks import ShardTracks, Track, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
@@ -50,6 +51,7 @@ class PredictOptions:
     splits: list[str] | None = None
     video_names: list[str] | None = None  # with --videos: only these videos (names without suffix)
     stride: int | None = None
+    smooth: int | None = None  # frames of probability smoothing; None: the job's model.smooth
     batch_size: int | None = None
     workers: int = 1
     device: str = "auto"
@@ -97,15 +99,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(track: Track, starts: list[int], window: int, sample_rate: int) -> Batch:
+def window_batch(track: Track, starts: list[int], window: int, sample_rate: int,
+                 audio_context_s: float = 0.0) -> Batch:
     """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
-    arrays = BatchArrays(len(starts), window, track.frames.shape[1:3], sample_rate, labelled=False)
+    arrays = BatchArrays(len(starts), window, track.frames.shape[1:3], sample_rate, labelled=False,
+                         audio_context_s=audio_context_s)
     n = len(track.frames)
     for i, s in enumerate(starts):
         e = min(s + window, n)
         arrays.put(i, track.frames[s:e], fps=track.fps, start=s, track=track.name,
                    audio=track.audio if track.has_audio else None,
-                   audio_span=track.audio_span(s, e, sample_rate))
+                   audio_span=track.audio_span(s, e, sample_rate), audio_limit=track.chunk_audio(s, sample_rate))
     return arrays.batch()
 
 
@@ -119,13 +123,14 @@ def track_logits(
     batch_size: int,
     sample_rate: int,
     device: torch.device,
+    audio_context_s: float = 0.0,
 ) -> np.ndarray:
     """Averaged logits [frames, 8] of one track over overlapping windows."""
     stitcher = LogitStitcher(len(track.frames))
     starts = window_starts(len(track.frames), window, stride)
     for i in range(0, len(starts), batch_size):
         part = starts[i : i + batch_size]
-        batch = window_batch(track, part, window, sample_rate)
+        batch = window_batch(track, part, window, sample_rate, audio_context_s)
         logits = model(batch.to(device))["logits"].float().cpu().numpy()
         for j, s in enumerate(part):
             stitcher.add(s, logits[j], batch.mask[j].numpy())
@@ -148,6 +153,8 @@ def predict_dataset(
     device: torch.device,
     workers: int = 1,
     progress: bool = True,
+    smooth: int = 0,
+    audio_context_s: float = 0.0,
 ) -> tuple[int, int, list[str], Scores | None]:
     """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores)."""
     out = Path(out)
@@ -161,9 +168,9 @@ def predict_dataset(
             for track in item:
                 logits = track_logits(
                     model, track, window=window, stride=stride, batch_size=batch_size,
-                    sample_rate=sample_rate, device=device,
+                    sample_rate=sample_rate, device=device, audio_context_s=audio_context_s,
                 )
-                probs = softmax(logits).astype(np.float32)
+                probs = smooth_probabilities(softmax(logits), smooth).astype(np.float32)
                 preds = probs.argmax(axis=1)
                 write_submission(out / f"{track.name}.txt", track.name, preds)
                 np.save(out / f"{track.name}.npy", probs)
@@ -227,6 +234,9 @@ def predict(opts: PredictOptions) -> PredictSummary:
     stride = opts.stride or max(1, window // 2)
     if not 1 <= stride <= window:
         raise UserError(f"--stride {stride}: must be between 1 and the window ({window})")
+    smooth = job.model.smooth if opts.smooth is None else opts.smooth
+    if smooth < 0:
+        raise UserError(f"--smooth {smooth}: must be 0 (off) or a number of frames")
     if opts.shards:
         dataset: Dataset = ShardTracks(opts.shards, opts.splits, job.data.image_size)
     else:
@@ -242,6 +252,8 @@ def predict(opts: PredictOptions) -> PredictSummary:
         device=device,
         workers=opts.workers,
         progress=opts.progress,
+        smooth=smooth,
+        audio_context_s=job.data.audio_context_s,
     )
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
@@ -249,7 +261,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
         problems=problems, scores=scores,
     )
     meta = {
-        "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
+        "source": loaded.source, "window": window, "stride": stride, "smooth": smooth, "tracks": tracks, "frames": frames,
         "input": opts.shards or opts.videos, "problems": problems,
         "macro_f1": scores.macro_f1 if scores else None,
     }

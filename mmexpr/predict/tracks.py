@@ -56,6 +56,15 @@ class Track:
         return (base + frame_sample(start - first, self.fps, sample_rate),
                 base + frame_sample(end - first, self.fps, sample_rate))
 
+    def chunk_audio(self, start: int, sample_rate: int) -> tuple[int, int]:
+        """The audio samples of the chunk holding frame `start`: the most an audio context
+        reaches, as in the training loader, which sees one chunk at a time."""
+        k = max(int(np.searchsorted(self.chunk_starts, start, side="right")) - 1, 0)
+        first = int(self.chunk_starts[k])
+        end = int(self.chunk_starts[k + 1]) if k + 1 < len(self.chunk_starts) else len(self.frames)
+        base = frame_sample(first, self.fps, sample_rate)
+        return base, min(base + frame_sample(end - first, self.fps, sample_rate), len(self.audio))
+
 
 def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track:
     """Chunks (in frame order) -> one Track; audio of chunk k lands at round(first*rate/fps).

@@ -225,7 +225,7 @@ class Trainer:
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
         with torch.random.fork_rng(devices=[]):
-            return evaluate(self.engine, loader, self._to_device)
+            return evaluate(self.engine, loader, self._to_device, smooth=self.job.model.smooth)
 
     def _save(self, is_best: bool) -> None:
         self._sync_buffers()
