@@ -25,6 +25,8 @@ from mmexpr.synth.muxed import MuxedSpec
 
 FULL = MuxedSpec()
 SMALL = MuxedSpec(actors=6, val_actors=1, test_actors=1, clips_per_actor=24)
+# The small version trains one worker for fewer steps (its corpus is a quarter of the full one).
+SMALL_OVERRIDES = ["train.workers=1", "train.max_steps=300", "train.eval_every=100", "train.checkpoint_every=100"]
 VARIANTS = ("audio_video", "video", "audio")
 BASELINE_OF = {"audio_video": "both", "video": "face", "audio": "audio"}
 BASELINE_EVERY = 4  # baselines fit on every 4th training frame (neighbours are near copies)
@@ -103,7 +105,8 @@ def learn_table(neural: list[NeuralResult], baselines: dict) -> tuple[list[Ratio
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mmexpr bench learn", description=__doc__.split("\n\n")[0])
     p.add_argument("--job", default="jobs/from-scratch.yaml", help="job whose variants are trained")
-    p.add_argument("--small", action="store_true", help="6 actors x 24 utterances instead of 24 x 60 (tests)")
+    p.add_argument("--small", action="store_true",
+                   help="6 actors x 24 utterances instead of 24 x 60, one worker, 300 steps (tests)")
     p.add_argument("--dir", default="bench-learn", help="working folder: corpus, shards, runs, predictions")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model.modalities to train")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -117,8 +120,9 @@ def main(argv: list[str]) -> int:
 
     begin = time.perf_counter()
     spec = SMALL if args.small else FULL
+    overrides = (SMALL_OVERRIDES if args.small else []) + args.overrides
     work = Path(args.dir).absolute()
-    job = load_job(args.job, args.overrides)
+    job = load_job(args.job, overrides)
     print(write_muxed_corpus(work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips", spec), flush=True)
     corpus = work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips"
     shards = work / f"shards-{spec.actors}actors-{spec.clips_per_actor}clips-{job.data.image_size}px"
@@ -130,13 +134,13 @@ def main(argv: list[str]) -> int:
     baselines = {} if args.no_baselines else run_baselines(shards, job.data.image_size, context)
     neural = []
     for variant in [v for v in args.variants.split(",") if v]:
-        neural.append(train_variant(args.job, args.overrides, variant, shards, work))
+        neural.append(train_variant(args.job, overrides, variant, shards, work))
         print(f"{variant}: test macro F1 {neural[-1].test_f1:.3f}", flush=True)
     rows, notes = learn_table(neural, baselines)
     from mmexpr.synth.real import NOT_TOGETHER
 
     notes += [f"note: {NOT_TOGETHER}",
-              f"job {args.job} {' '.join('--set ' + o for o in args.overrides)}; "
+              f"job {args.job} {' '.join('--set ' + o for o in overrides)}; "
               f"{time.perf_counter() - begin:.0f} s in all"]
     if rows:
         print_table("bench learn (test actors unseen in training and validation)", rows, notes)
