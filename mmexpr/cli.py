@@ -139,6 +139,9 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", action="append", default=None, help="shard split(s) to predict (default: all)")
     p.add_argument("--out", required=True, help="output folder: <track>.txt submissions + <track>.npy probabilities")
     p.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window/2)")
+    p.add_argument("--smooth", type=int, default=None, metavar="FRAMES",
+                   help="centred moving average of per-frame probabilities over FRAMES (default: the job's "
+                   "model.smooth; 0: off)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -158,6 +161,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                 splits=args.split,
                 out=args.out,
                 stride=args.stride,
+                smooth=args.smooth,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 device=args.device,

@@ -44,6 +44,18 @@ class DataConfig(_Strict):
         "mismatch) before a training stops with an error naming the shards",
     )
     verify_shards: bool = Field(True, description="check each local shard's sha256 against the manifest before reading it")
+    audio_context_s: float = Field(
+        0.0, ge=0.0, le=30.0,
+        description="seconds of audio centred on each window (within its chunk) the audio encoder hears; "
+        "0: only the window's own frames' audio",
+    )
+    augment_faces: bool = Field(
+        False, description="training only: random resized crop, horizontal flip, brightness/contrast "
+        "jitter and grayscale, one draw per window",
+    )
+    augment_voices: bool = Field(
+        False, description="training only: random gain, additive noise and a time mask, one draw per window",
+    )
 
 
 EncoderTrain = Literal["frozen", "full", "last"]
@@ -80,6 +92,11 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance to drop a modality per window in training")
     loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="CE label smoothing (0: off)")
+    smooth: int = Field(
+        0, ge=0, description="frames of a centred moving average over per-frame probabilities, in "
+        "training's evaluation and as predict's default --smooth (0: off)",
+    )
     class_weights: bool = Field(True, description="weight CE by inverse train label frequency")
     focal_gamma: float = Field(2.0, ge=0.0)
     contrastive_weight: float = Field(0.1, ge=0.0, description="0 turns the text-guided loss off")

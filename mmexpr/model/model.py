@@ -69,7 +69,7 @@ class ExprModel(nn.Module):
         weights = (
             class_weights_from_counts(class_counts) if cfg.class_weights and class_counts else None
         )
-        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma)
+        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma, cfg.label_smoothing)
         self.prompts = prompts(cfg.prompts)
         self.text: TextEncoder | None = None
         self.contrastive: TextGuidedContrastive | None = None
@@ -108,7 +108,7 @@ class ExprModel(nn.Module):
             feats, feat_len = self.audio(batch.audio, batch.audio_len)
             a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
             a, audio_mask = align_audio(
-                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE
+                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE, batch.audio_offset
             )
             audio_mask = audio_mask & mask
         if self.training and self.fusion is not None:

@@ -37,6 +37,7 @@ from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import write_submission
 from mmexpr.metrics import Scores, score
+from mmexpr.model.heads import smooth_probabilities
 from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
@@ -55,6 +56,7 @@ class PredictOptions:
     splits: list[str] | None = None
     video_names: list[str] | None = None  # with --videos: only these videos (names without suffix)
     stride: int | None = None
+    smooth: int | None = None  # frames of probability smoothing; None: the job's model.smooth
     batch_size: int | None = None
     workers: int = 1
     device: str = "auto"
@@ -106,14 +108,15 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(buffer: TrackBuffer, starts: list[int], window: int) -> Batch:
+def window_batch(buffer: TrackBuffer, starts: list[int], window: int, audio_context_s: float = 0.0) -> Batch:
     """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
-    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False)
+    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False,
+                         audio_context_s=audio_context_s)
     for i, s in enumerate(starts):
         e = min(s + window, buffer.total)
         arrays.put(i, buffer.window(s, e), fps=buffer.fps, start=s, track=buffer.name,
                    audio=buffer.audio if buffer.has_audio else None,
-                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e])
+                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e], audio_limit=buffer.chunk_audio(s))
     return arrays.batch()
 
 
@@ -121,9 +124,11 @@ class StreamedTrack:
     """One track's windows, run as soon as all their frames have arrived, in batches of the
     same windows a whole-track pass would form; the frames no window still needs are dropped."""
 
-    def __init__(self, first: Piece, *, window: int, stride: int, sample_rate: int) -> None:
+    def __init__(self, first: Piece, *, window: int, stride: int, sample_rate: int,
+                 audio_context_s: float = 0.0) -> None:
         self.buffer = TrackBuffer(first, sample_rate)
         self.window = window
+        self.audio_context_s = audio_context_s
         self.starts = window_starts(first.total, window, stride)
         self.next = 0
         self.stitcher = LogitStitcher(first.total)
@@ -145,7 +150,7 @@ class StreamedTrack:
         self.buffer.add(piece)
         while (ready := self._arrived()) >= batch_size or (ready and self.buffer.done):
             part = self.starts[self.next : self.next + min(ready, batch_size)]
-            batch = window_batch(self.buffer, part, self.window)
+            batch = window_batch(self.buffer, part, self.window, self.audio_context_s)
             logits = model(batch.to(device))["logits"].float().cpu().numpy()
             for j, s in enumerate(part):
                 valid = batch.mask[j].numpy().copy()
@@ -168,6 +173,8 @@ def predict_dataset(
     device: torch.device,
     workers: int = 1,
     progress: bool = True,
+    smooth: int = 0,
+    audio_context_s: float = 0.0,
 ) -> tuple[int, int, list[str], Scores | None]:
     """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores).
 
@@ -185,13 +192,14 @@ def predict_dataset(
             track = open_tracks.get(piece.track)
             if track is None:
                 track = open_tracks[piece.track] = StreamedTrack(piece, window=window, stride=stride,
-                                                                 sample_rate=sample_rate)
+                                                                 sample_rate=sample_rate,
+                                                                 audio_context_s=audio_context_s)
             track.feed(piece, model, batch_size, device)
             if not track.finished:
                 continue
             del open_tracks[piece.track]
             buffer = track.buffer
-            probs = softmax(track.stitcher.logits()).astype(np.float32)
+            probs = smooth_probabilities(softmax(track.stitcher.logits()), smooth).astype(np.float32)
             preds = probs.argmax(axis=1)
             write_submission(out / f"{buffer.name}.txt", buffer.name, preds)
             np.save(out / f"{buffer.name}.npy", probs)
@@ -272,6 +280,9 @@ def predict(opts: PredictOptions) -> PredictSummary:
     if not 1 <= stride <= window:
         raise UserError(f"--stride {stride}: must be between 1 and the window ({window})")
     missing: list[str] = []
+    smooth = job.model.smooth if opts.smooth is None else opts.smooth
+    if smooth < 0:
+        raise UserError(f"--smooth {smooth}: must be 0 (off) or a number of frames")
     if opts.shards:
         dataset: TrackPieces = ShardTracks(opts.shards, opts.splits, job.data.image_size)
         missing = dataset.missing_listed()
@@ -288,6 +299,8 @@ def predict(opts: PredictOptions) -> PredictSummary:
         device=device,
         workers=opts.workers,
         progress=opts.progress,
+        smooth=smooth,
+        audio_context_s=job.data.audio_context_s,
     )
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
@@ -297,8 +310,8 @@ def predict(opts: PredictOptions) -> PredictSummary:
     if opts.zip:
         summary.archive = str(write_zip(Path(opts.out), dataset.names))
     meta = {
-        "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
-        "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
+        "source": loaded.source, "window": window, "stride": stride, "smooth": smooth, "tracks": tracks,
+        "frames": frames, "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
         "macro_f1": scores.macro_f1 if scores else None,
     }
     (Path(opts.out) / "predict.json").write_text(json.dumps(meta, indent=1) + "\n")

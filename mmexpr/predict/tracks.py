@@ -139,6 +139,15 @@ class TrackBuffer:
             out.insert(0, f"{self.name}: {self.unreadable} chunk(s) unreadable, their frames predicted from neighbours")
         return out
 
+    def chunk_audio(self, start: int) -> tuple[int, int]:
+        """The audio samples of the chunk holding frame `start`: the most an audio context
+        reaches, as in the training loader, which sees one chunk at a time."""
+        k = max(int(np.searchsorted(self.chunk_starts, start, side="right")) - 1, 0)
+        first = int(self.chunk_starts[k])
+        end = int(self.chunk_starts[k + 1]) if k + 1 < len(self.chunk_starts) else self.received
+        base = frame_sample(first, self.fps, self.sample_rate)
+        return base, min(base + frame_sample(end - first, self.fps, self.sample_rate), len(self.audio))
+
 
 def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
     """Split folders to read: SHARDS itself if it holds a manifest, else its <split>/ folders."""

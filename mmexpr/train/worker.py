@@ -228,7 +228,7 @@ class Trainer:
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
         with torch.random.fork_rng(devices=[]):
-            scores = evaluate(self.engine, loader, self._to_device)
+            scores = evaluate(self.engine, loader, self._to_device, smooth=self.job.model.smooth)
         self._account(loader, d.val_split)
         return scores
 
