@@ -1,0 +1,219 @@
+"""VA and AU beside EXPR: their annotation and submission files, CCC and AU F1 against numpy and
+scikit-learn references, and `evaluate` telling the task of a folder by its headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from mmexpr.cli import main
+from mmexpr.labels import (
+    AU_HEADER,
+    NUM_AUS,
+    LabelFileError,
+    file_task,
+    fit_to_frames,
+    read_au_annotation,
+    read_task_submission,
+    read_va_annotation,
+    write_annotation,
+    write_au_annotation,
+    write_submission,
+    write_task_submission,
+    write_va_annotation,
+)
+from mmexpr.metrics import (
+    AU_THRESHOLDS,
+    au_counts,
+    au_score,
+    au_scores_from_counts,
+    au_threshold_counts,
+    ccc,
+    va_moments,
+    va_score,
+    va_scores_from_moments,
+)
+from mmexpr.predict.evaluate import evaluate_dirs
+
+
+def numpy_ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """The textbook definition, written independently of mmexpr.metrics."""
+    cov = np.cov(x, y, bias=True)[0, 1]
+    return 2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
+
+
+def test_va_annotation_round_trip_keeps_unknown_frames_as_nan(tmp_path: Path) -> None:
+    va = np.array([[0.5, -0.25], [np.nan, np.nan], [-1.0, 1.0]], np.float32)
+    path = write_va_annotation(tmp_path / "a.txt", va)
+    assert path.read_text().splitlines()[:3] == ["valence,arousal", "0.5000,-0.2500", "-5,-5"]
+    np.testing.assert_array_equal(read_va_annotation(path), va)
+    assert file_task(path) == "va"
+
+
+def test_au_annotation_round_trip(tmp_path: Path) -> None:
+    au = np.random.default_rng(0).integers(-1, 2, (5, NUM_AUS))
+    path = write_au_annotation(tmp_path / "a.txt", au)
+    np.testing.assert_array_equal(read_au_annotation(path), au)
+    assert file_task(path) == "au"
+
+
+@pytest.mark.parametrize(
+    ("reader", "text", "message"),
+    [
+        (read_va_annotation, "valence,arousal\n0.1,0.2\n3.2,0.1\n", r"a\.txt:3: valence 3\.2 out of range"),
+        (read_va_annotation, "valence,arousal\n0.1\n", r"a\.txt:2: 1 column\(s\); expected 2"),
+        (read_va_annotation, "valence,arousal\n0.1,x\n", r"a\.txt:2: '0\.1,x' is not two numbers"),
+        (read_au_annotation, AU_HEADER + "\n" + ",".join(["0"] * 11) + "\n", r"a\.txt:2: 11 column\(s\); expected 12"),
+        (read_au_annotation, AU_HEADER + "\n" + ",".join(["0"] * 11 + ["2"]) + "\n", r"a\.txt:2: AU26 is 2"),
+        (read_va_annotation, AU_HEADER + "\n", r"a\.txt:1: header .*\(that is the au header\); expected 'valence,arousal'"),
+    ],
+)
+def test_malformed_va_and_au_files_name_file_and_line(tmp_path: Path, reader, text: str, message: str) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text(text)
+    with pytest.raises(LabelFileError, match=message):
+        reader(path)
+
+
+def test_a_header_of_no_task_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("happy,sad\n1,0\n")
+    with pytest.raises(LabelFileError, match=r"a\.txt:1: header 'happy,sad' matches no task"):
+        file_task(path)
+
+
+def test_va_and_au_submissions_round_trip_and_refuse_unknown_values(tmp_path: Path) -> None:
+    va = np.array([[0.1, -0.2], [0.3, 0.9]])
+    path = write_task_submission(tmp_path / "va" / "t.txt", "va", "t", va)
+    assert path.read_text().splitlines()[:2] == ["image_location,valence,arousal", "t/00001.jpg,0.1000,-0.2000"]
+    track, back = read_task_submission(path, "va")
+    assert track == "t" and np.allclose(back, va)
+    assert file_task(path, submission=True) == "va"
+    au = np.eye(2, NUM_AUS, dtype=np.int64)
+    path = write_task_submission(tmp_path / "au" / "t.txt", "au", "t", au)
+    assert (read_task_submission(path, "au")[1] == au).all()
+    with pytest.raises(ValueError, match="0 or 1 for every AU"):
+        write_task_submission(tmp_path / "x.txt", "au", "t", -au)
+    with pytest.raises(ValueError, match="for every frame"):
+        write_task_submission(tmp_path / "x.txt", "va", "t", np.full((2, 2), np.nan))
+
+
+def test_va_labels_are_padded_with_nan_and_au_labels_with_minus_one() -> None:
+    va = fit_to_frames(np.zeros((3, 2), np.float32), 5, fill=np.nan).labels
+    assert va.shape == (5, 2) and np.isnan(va[3:]).all() and (va[:3] == 0).all()
+    au = fit_to_frames(np.zeros((3, NUM_AUS), np.int64), 4).labels
+    assert au.shape == (4, NUM_AUS) and (au[3] == -1).all()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ccc_matches_numpy_with_unknown_frames_left_out(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 500))
+    true = rng.uniform(-1, 1, (n, 2))
+    pred = np.clip(true * rng.uniform(0.2, 1.0) + rng.normal(0, 0.3, (n, 2)) + rng.uniform(-0.3, 0.3), -1, 1)
+    true[rng.random(n) < 0.2] = np.nan
+    keep = ~np.isnan(true[:, 0])
+    scores = va_score(pred, true)
+    assert scores.valence == pytest.approx(numpy_ccc(pred[keep, 0], true[keep, 0]), abs=1e-9)
+    assert scores.arousal == pytest.approx(numpy_ccc(pred[keep, 1], true[keep, 1]), abs=1e-9)
+    assert scores.mean == pytest.approx((scores.valence + scores.arousal) / 2)
+    assert scores.frames == int(keep.sum())
+    assert ccc(pred[keep, 0], true[keep, 0]) == pytest.approx(scores.valence, abs=1e-12)
+    # Ranks add moments, then score: the same as one pass.
+    halves = va_moments(pred[: n // 2], true[: n // 2]) + va_moments(pred[n // 2 :], true[n // 2 :])
+    assert va_scores_from_moments(halves).mean == pytest.approx(scores.mean, abs=1e-9)
+
+
+def test_ccc_of_the_training_mean_is_zero() -> None:
+    true = np.random.default_rng(0).uniform(-1, 1, 100)
+    assert ccc(np.full(100, true.mean()), true) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_au_f1_matches_sklearn_per_au_with_unknown_frames_left_out(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 400))
+    true = (rng.random((n, NUM_AUS)) < rng.uniform(0.05, 0.5, NUM_AUS)).astype(np.int64)
+    pred = np.where(rng.random((n, NUM_AUS)) < 0.7, true, 1 - true)
+    true[rng.random(n) < 0.2] = -1  # whole unknown frames
+    true[rng.random((n, NUM_AUS)) < 0.05] = -1  # and single unknown AUs
+    result = au_score(pred, true)
+    expected = []
+    for k in range(NUM_AUS):
+        keep = true[:, k] != -1
+        expected.append(f1_score(true[keep, k], pred[keep, k], zero_division=0) if keep.any() else 0.0)
+    np.testing.assert_allclose(result.per_au_f1, expected, atol=1e-12)
+    assert result.mean_f1 == pytest.approx(float(np.mean(expected)), abs=1e-12)
+
+
+def test_tuned_thresholds_are_the_best_per_au_and_0_5_is_the_default() -> None:
+    rng = np.random.default_rng(3)
+    true = (rng.random((300, NUM_AUS)) < 0.3).astype(np.int64)
+    prob = np.clip(true * 0.3 + rng.random((300, NUM_AUS)) * 0.6, 0, 1)  # positives score higher, below 0.5 often
+    scores = au_scores_from_counts(au_threshold_counts(prob, true), 300)
+    at_half = au_score((prob >= 0.5).astype(np.int64), true)
+    np.testing.assert_allclose(scores.per_au_f1, at_half.per_au_f1)
+    for k in range(NUM_AUS):
+        best = max(f1_score(true[:, k], (prob[:, k] >= th).astype(int), zero_division=0) for th in AU_THRESHOLDS)
+        assert scores.tuned_f1[k] == pytest.approx(best, abs=1e-12)
+        assert f1_score(true[:, k], (prob[:, k] >= scores.thresholds[k]).astype(int)) == pytest.approx(best)
+    assert scores.tuned_f1.mean() >= scores.mean_f1
+    assert au_counts(true, true)[:, 1:].sum() == 0
+
+
+def _write_task_folders(tmp_path: Path, rng: np.random.Generator) -> tuple[dict, dict]:
+    """Annotations and perturbed predictions of three tracks for each task; returns the references."""
+    truth: dict[str, list] = {"va": [[], []], "au": [[], []]}
+    for name in ("a", "b_left", "b_right"):
+        n = 60
+        va = rng.uniform(-1, 1, (n, 2))
+        va[rng.random(n) < 0.2] = np.nan
+        va_pred = np.clip(np.nan_to_num(va) + rng.normal(0, 0.3, (n, 2)), -1, 1)
+        write_va_annotation(tmp_path / "va_labels" / f"{name}.txt", va[:58])  # 2 short: padded unknown
+        write_task_submission(tmp_path / "va_pred" / f"{name}.txt", "va", name, va_pred)
+        au = (rng.random((n, NUM_AUS)) < 0.3).astype(np.int64)
+        au[rng.random(n) < 0.2] = -1
+        au_pred = np.where(rng.random((n, NUM_AUS)) < 0.75, np.clip(au, 0, 1), 1 - np.clip(au, 0, 1))
+        write_au_annotation(tmp_path / "au_labels" / f"{name}.txt", au)
+        write_task_submission(tmp_path / "au_pred" / f"{name}.txt", "au", name, au_pred)
+        va[58:] = np.nan
+        truth["va"][0].append(np.round(va, 4))
+        truth["va"][1].append(np.round(va_pred, 4))
+        truth["au"][0].append(au)
+        truth["au"][1].append(au_pred)
+    return {k: np.concatenate(v[0]) for k, v in truth.items()}, {k: np.concatenate(v[1]) for k, v in truth.items()}
+
+
+def test_evaluate_tells_va_and_au_by_header_and_equals_numpy_and_sklearn(tmp_path: Path, capsys) -> None:
+    labels, preds = _write_task_folders(tmp_path, np.random.default_rng(5))
+    va = evaluate_dirs(tmp_path / "va_pred", tmp_path / "va_labels")
+    keep = ~np.isnan(labels["va"][:, 0])
+    expected = [numpy_ccc(preds["va"][keep, k], labels["va"][keep, k]) for k in range(2)]
+    assert va.task == "va"
+    assert va.scores.valence == pytest.approx(expected[0], abs=1e-6)
+    assert va.scores.arousal == pytest.approx(expected[1], abs=1e-6)
+    assert va.abaw == pytest.approx(np.mean(expected), abs=1e-6)
+    au = evaluate_dirs(tmp_path / "au_pred", tmp_path / "au_labels")
+    per_au = []
+    for k in range(NUM_AUS):
+        known = labels["au"][:, k] != -1
+        per_au.append(f1_score(labels["au"][known, k], preds["au"][known, k], zero_division=0))
+    assert au.task == "au"
+    assert au.abaw == pytest.approx(float(np.mean(per_au)), abs=1e-12)
+    assert main(["evaluate", str(tmp_path / "au_pred"), str(tmp_path / "au_labels")]) == 0
+    out = capsys.readouterr().out
+    assert "AU: 3 tracks" in out and f"ABAW AU score {np.mean(per_au):.4f}" in out
+
+
+def test_evaluate_refuses_predictions_and_annotations_of_different_tasks(tmp_path: Path, capsys) -> None:
+    _write_task_folders(tmp_path, np.random.default_rng(6))
+    assert main(["evaluate", str(tmp_path / "va_pred"), str(tmp_path / "au_labels")]) == 2
+    assert "holds VA submissions but" in capsys.readouterr().err
+    write_annotation(tmp_path / "mixed" / "a.txt", [1, 2])
+    write_va_annotation(tmp_path / "mixed" / "b.txt", np.zeros((2, 2)))
+    write_submission(tmp_path / "expr_pred" / "a.txt", "a", [1, 2])
+    assert main(["evaluate", str(tmp_path / "expr_pred"), str(tmp_path / "mixed")]) == 2
+    assert "files of several tasks in one folder" in capsys.readouterr().err
