@@ -3,6 +3,7 @@ scikit-learn references, and `evaluate` telling the task of a folder by its head
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,96 @@ def test_evaluate_refuses_predictions_and_annotations_of_different_tasks(tmp_pat
     write_submission(tmp_path / "expr_pred" / "a.txt", "a", [1, 2])
     assert main(["evaluate", str(tmp_path / "expr_pred"), str(tmp_path / "mixed")]) == 2
     assert "files of several tasks in one folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- packing VA and AU
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _task_source(root: Path) -> Path:
+    """Track `both` has EXPR, VA and AU; `va_only` has VA only; three bad VA/AU files."""
+    from media import labels_for, write_video
+
+    for name, frames in (("both", 20), ("va_only", 16), ("bad", 12)):
+        write_video(root / "videos" / f"{name}.mp4", frames, audio_rate=None)
+    write_annotation(root / "annotations" / "Train_Set" / "both.txt", labels_for(20))
+    va_dir = root / "annotations" / "VA_Estimation_Challenge" / "Train_Set"
+    au_dir = root / "annotations" / "AU_Detection_Challenge" / "Train_Set"
+    va = np.tile(np.linspace(-0.5, 0.5, 20, dtype=np.float32)[:, None], (1, 2))
+    va[:3] = np.nan
+    write_va_annotation(va_dir / "both.txt", va)
+    write_va_annotation(va_dir / "va_only.txt", va[:16])
+    au = (np.arange(20)[:, None] + np.arange(NUM_AUS)) % 3 == 0
+    au = au.astype(np.int64)
+    au[5] = -1
+    write_au_annotation(au_dir / "both.txt", au)
+    (va_dir / "bad.txt").write_text("valence,arousal\n0.1,0.2\n3.2,0.1\n")
+    (au_dir / "bad.txt").write_text(AU_HEADER + "\n" + ",".join(["0"] * 11) + "\n")
+    (au_dir / "bad_left.txt").write_text("happy,sad\n1,0\n")
+    return root
+
+
+def test_va_and_au_are_packed_beside_expr_with_unknown_frames_masked_per_task(tmp_path: Path, ray_local) -> None:
+    import webdataset as wds
+
+    from mmexpr.data.manifest import read_manifest
+    from mmexpr.data.pack import pack_corpus
+
+    src = _task_source(tmp_path / "src")
+    summary = pack_corpus(src, tmp_path / "out", chunk_frames=8, face_size=32, shard_mb=1, progress=False)
+    reasons = {Path(s.path).parent.parent.name + "/" + Path(s.path).name: s.reason for s in summary.skipped}
+    assert "bad.txt:3: valence 3.2 out of range" in reasons["VA_Estimation_Challenge/bad.txt"]
+    assert "bad.txt:2: 11 column(s); expected 12" in reasons["AU_Detection_Challenge/bad.txt"]
+    assert "bad_left.txt:1: header 'happy,sad' matches no task" in reasons["AU_Detection_Challenge/bad_left.txt"]
+    manifest = read_manifest(tmp_path / "out" / "train" / "manifest.json")
+    assert {Path(s["path"]).name for s in manifest.skipped} == {"bad.txt", "bad_left.txt"}
+    assert manifest.tracks == ("both", "va_only")  # a track with VA only is packed too
+    tasks = manifest.task_stats()
+    assert tasks["expr"]["tracks"] == 1 and tasks["va"]["tracks"] == 2 and tasks["au"]["tracks"] == 1
+    line = np.linspace(-0.5, 0.5, 20)
+    known = np.concatenate([line[3:], line[3:16]])  # both: frames 3..19; va_only: 3..15
+    assert tasks["va"]["frames"] == 17 + 13
+    assert tasks["va"]["mean"][0] == pytest.approx(known.mean(), abs=1e-3)
+    assert tasks["va"]["std"][0] == pytest.approx(known.std(), abs=1e-3)
+    assert tasks["au"]["frames"] == 19
+    au = ((np.arange(20)[:, None] + np.arange(NUM_AUS)) % 3 == 0).astype(np.int64)
+    rates = np.delete(au, 5, axis=0).mean(axis=0)
+    np.testing.assert_allclose(manifest.au_positive_rates(), rates, atol=1e-5)
+    assert "va 2 tracks 30 frames" in str(summary)
+    va_rows, au_rows, expr = {}, {}, {}
+    for sample in wds.WebDataset(str(tmp_path / "out" / "train" / "shard-000000.tar"), shardshuffle=False):
+        meta = json.loads(sample["json"])
+        first = meta["first_frame"]
+        for i, label in enumerate(meta["labels"]):
+            expr[(meta["track"], first + i)] = label
+            va_rows[(meta["track"], first + i)] = meta["va"][i]
+            if "au" in meta:
+                au_rows[(meta["track"], first + i)] = meta["au"][i]
+        if meta["track"] == "va_only":
+            assert "au" not in meta and set(meta["labels"]) == {-1}
+    assert va_rows[("both", 0)] is None and va_rows[("both", 10)] == pytest.approx([np.linspace(-0.5, 0.5, 20)[10]] * 2, abs=1e-4)
+    assert au_rows[("both", 5)] == [-1] * NUM_AUS and au_rows[("both", 6)] == au[6].tolist()
+    assert len(va_rows) == 20 + 16
+
+
+def test_adding_va_files_to_a_packed_expr_corpus_changes_its_fingerprint(tmp_path: Path, ray_local) -> None:
+    from media import small_corpus
+
+    from mmexpr.data.pack import PackError, pack_corpus
+
+    src = small_corpus(tmp_path / "src", {"a": ("Train_Set", 20)}, audio=False)
+    out = tmp_path / "out"
+    pack_corpus(src, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False)
+    write_va_annotation(src / "annotations" / "VA_Estimation_Challenge" / "Train_Set" / "a.txt", np.zeros((20, 2)))
+    with pytest.raises(PackError, match="inputs: packed"):
+        pack_corpus(src, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False)
+    summary = pack_corpus(src, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False, overwrite=True)
+    assert summary.splits["train"].tasks["va"]["frames"] == 20

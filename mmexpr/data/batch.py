@@ -12,6 +12,8 @@ The training loader, prediction and the model's example input all build batches 
     start      int64   [B]               absolute first frame of the window in its track
     track      list[str]                 track name per window ("" for padding windows)
     labels     int64   [B, T] or None    class per frame, -1 = ignore; None when unlabelled
+    va         float32 [B, T, 2] or None valence, arousal per frame, NaN = unknown
+    au         int64   [B, T, 12] or None the 12 action units (0/1) per frame, -1 = unknown
 
 A fully masked window (an unreadable sample, or the padding that keeps every evaluation
 rank at the same number of batches) is all zeros with mask False.
@@ -25,7 +27,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from mmexpr.labels import IGNORE
+from mmexpr.labels import IGNORE, NUM_AUS
 
 MIN_FPS = 24  # the audio buffer of a window is sized for this frame rate or faster
 
@@ -50,6 +52,8 @@ class Batch:
     start: torch.Tensor
     track: list[str]
     labels: torch.Tensor | None = None
+    va: torch.Tensor | None = None
+    au: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.track)
@@ -68,7 +72,7 @@ class Batch:
 
     def without_labels(self) -> Batch:
         """The same windows as the model sees them at prediction time."""
-        return replace(self, labels=None)
+        return replace(self, labels=None, va=None, au=None)
 
 
 class BatchArrays:
@@ -87,6 +91,8 @@ class BatchArrays:
         self.start = np.zeros(batch_size, np.int64)
         self.track = [""] * batch_size
         self.labels = np.full((batch_size, window), IGNORE, np.int64) if labelled else None
+        self.va = np.full((batch_size, window, 2), np.nan, np.float32) if labelled else None
+        self.au = np.full((batch_size, window, NUM_AUS), IGNORE, np.int64) if labelled else None
 
     def put(
         self,
@@ -97,6 +103,8 @@ class BatchArrays:
         start: int,
         track: str,
         labels: np.ndarray | None = None,
+        va: np.ndarray | None = None,
+        au: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         audio_span: tuple[int, int] = (0, 0),
     ) -> None:
@@ -110,11 +118,17 @@ class BatchArrays:
         self.track[b] = track
         if labels is not None and self.labels is not None:
             self.labels[b, :n] = labels
+        if va is not None and self.va is not None:
+            self.va[b, :n] = va
+        if au is not None and self.au is not None:
+            self.au[b, :n] = au
         if audio is not None:
             self.audio_len[b] = fill_audio(self.audio[b], audio, *audio_span)
 
     def batch(self) -> Batch:
-        labels = torch.from_numpy(self.labels) if self.labels is not None else None
+        def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+            return torch.from_numpy(a) if a is not None else None
+
         return Batch(
             video=torch.from_numpy(self.video),
             audio=torch.from_numpy(self.audio),
@@ -123,7 +137,9 @@ class BatchArrays:
             mask=torch.from_numpy(self.mask),
             start=torch.from_numpy(self.start),
             track=list(self.track),
-            labels=labels,
+            labels=tensor(self.labels),
+            va=tensor(self.va),
+            au=tensor(self.au),
         )
 
 

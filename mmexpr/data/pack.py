@@ -39,7 +39,7 @@ from mmexpr.data.encode import PackSettings, VideoResult, pack_video
 from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
 from mmexpr.data.sources import Discovery, Skipped, SourceError, VideoJob, discover
 from mmexpr.errors import UserError
-from mmexpr.labels import NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
 from mmexpr.progress import Progress
 
 WORK = ".work"
@@ -60,6 +60,18 @@ class SplitSummary:
     shards: int = 0
     bytes: int = 0
     already_packed: bool = False
+    tasks: dict = field(default_factory=dict)  # the manifest's per-task label statistics
+
+    def task_line(self) -> str:
+        parts = []
+        for task, st in self.tasks.items():
+            text = f"{task} {st['tracks']} tracks {st['frames']} frames"
+            if task == "va":
+                text += f" (mean {st['mean'][0]:+.2f},{st['mean'][1]:+.2f} std {st['std'][0]:.2f},{st['std'][1]:.2f})"
+            if task == "au":
+                text += f" (positive rate {min(st['positive_rate']):.2f}..{max(st['positive_rate']):.2f})"
+            parts.append(text)
+        return f"  {self.split}: " + "; ".join(parts)
 
 
 @dataclass
@@ -83,6 +95,7 @@ class PackSummary:
                 f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.shards:>8}"
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
+        lines += [s.task_line() for s in self.splits.values() if s.tasks]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} input(s):")
             lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
@@ -161,6 +174,8 @@ def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
                 "key": s.key,
                 "frames": s.frames,
                 "label_counts": s.label_counts,
+                "track": json.loads(s.members["json"])["track"],
+                "task_stats": s.task_stats,
                 "bytes": sum(_member_bytes(d) for d in s.members.values()),
             }
             for s in result.samples
@@ -194,6 +209,9 @@ def inputs_digest(jobs: list[VideoJob]) -> str:
         for track in job.tracks:
             h.update(f"{track.name}\0".encode())
             h.update(np.asarray(track.labels, np.int64).tobytes())
+            for task, values in (("va", track.va), ("au", track.au)):
+                if values is not None:  # absent for EXPR-only corpora, whose digest stays as it was
+                    h.update(f"{task}\0".encode() + np.ascontiguousarray(values).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -321,6 +339,7 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         for sample in metas[job.video]["samples"]:
             histogram += np.asarray(sample["label_counts"])
     tracks = sorted({t for job in jobs for t in metas[job.video]["tracks"]})
+    samples = [sample for job in jobs for sample in metas[job.video]["samples"]]
     return Manifest(
         split=split,
         root=str(split_dir),
@@ -329,18 +348,48 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         label_histogram=histogram.tolist(),
         tracks=tuple(tracks),
         skipped=tuple(s.to_dict() for s in skipped),
-        extra={"videos": sum(1 for job in jobs if metas[job.video]["samples"])},
+        extra={"videos": sum(1 for job in jobs if metas[job.video]["samples"]), "tasks": split_task_stats(samples)},
     )
+
+
+def split_task_stats(samples: list[dict]) -> dict:
+    """Per task: tracks and labelled frames; VA mean/std, AU positive rates (manifest "tasks")."""
+    expr_tracks = {s["track"] for s in samples if sum(s["label_counts"][:NUM_CLASSES])}
+    out: dict[str, dict] = {
+        "expr": {"tracks": len(expr_tracks), "frames": int(sum(sum(s["label_counts"][:NUM_CLASSES]) for s in samples))}
+    }
+    va = [s["task_stats"]["va"] for s in samples if "va" in s.get("task_stats", {})]
+    if va:
+        n, sv, sa, svv, saa = np.asarray(va, np.float64).sum(axis=0)
+        mean = [sv / n, sa / n] if n else [0.0, 0.0]
+        std = [float(np.sqrt(max(0.0, q / n - m * m))) if n else 0.0 for q, m in ((svv, mean[0]), (saa, mean[1]))]
+        out["va"] = {"tracks": len({s["track"] for s in samples if "va" in s.get("task_stats", {})}),
+                     "frames": int(n), "mean": [round(float(m), 6) for m in mean], "std": [round(x, 6) for x in std]}
+    au = [s["task_stats"]["au"] for s in samples if "au" in s.get("task_stats", {})]
+    if au:
+        sums = np.asarray(au, np.int64).sum(axis=0)
+        known, positive = sums[:NUM_AUS], sums[NUM_AUS:]
+        rates = np.divide(positive, known, out=np.zeros(NUM_AUS), where=known > 0)
+        out["au"] = {"tracks": len({s["track"] for s in samples if "au" in s.get("task_stats", {})}),
+                     "frames": int(known.max()), "known": known.tolist(), "positives": positive.tolist(),
+                     "positive_rate": [round(float(r), 6) for r in rates]}
+    return out
 
 
 def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob], ann_root: Path) -> list[Skipped]:
     """Inputs this split left out: its own annotation problems, video problems, global ones."""
-    split_folder_skips = [
-        s for s in found.skipped if Path(s.path).parent.parent == ann_root and _split_of(s.path) == split
-    ]
-    global_skips = [s for s in found.skipped if Path(s.path).parent.parent != ann_root]
+    split_folder_skips = [s for s in found.skipped if _in_split_folder(s.path, ann_root) and _split_of(s.path) == split]
+    global_skips = [s for s in found.skipped if not _in_split_folder(s.path, ann_root)]
     task_skips = [Skipped(d["path"], d["reason"]) for job in jobs for d in metas[job.video]["skipped"]]
     return split_folder_skips + task_skips + global_skips
+
+
+def _in_split_folder(path: str, ann_root: Path) -> bool:
+    """annotations/<Split_Set>/x.txt or annotations/<Challenge>/<Split_Set>/x.txt."""
+    from mmexpr.data.sources import CHALLENGE_TASKS
+
+    parent = Path(path).parent.parent
+    return parent == ann_root or (parent.parent == ann_root and parent.name in CHALLENGE_TASKS)
 
 
 def _split_of(path: str) -> str:
@@ -420,6 +469,7 @@ def pack_corpus(
             frames=manifest.frames,
             shards=len(manifest.shards),
             bytes=sum(s.bytes for s in manifest.shards),
+            tasks=manifest.task_stats(),
         )
     if not any(s.samples or s.already_packed for s in summary.splits.values()):
         raise SourceError(f"{source}: nothing packable\n" + "\n".join(f"  {s.path}: {s.reason}" for s in summary.skipped))
@@ -440,4 +490,5 @@ def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) ->
         shards=len(m.shards),
         bytes=sum(s.bytes for s in m.shards),
         already_packed=True,
+        tasks=m.task_stats(),
     )

@@ -5,6 +5,8 @@ Layout (see DESIGN.md, section Data):
     SOURCE/videos/**/<name>.(mp4|avi)
     SOURCE/annotations/<SplitFolder>/<name>.txt      (<name>_left.txt / <name>_right.txt
                                                       for videos with two annotated people)
+    SOURCE/annotations/VA_Estimation_Challenge/<SplitFolder>/<name>.txt   valence-arousal
+    SOURCE/annotations/AU_Detection_Challenge/<SplitFolder>/<name>.txt    action units
     SOURCE/cropped_aligned/<track>/<00001>.jpg        optional face crops, per track
     SOURCE/transcripts/<name>.json                    optional [{"start", "end", "word"}, ...]
 
@@ -18,18 +20,35 @@ pack task that opens them anyway.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from mmexpr.errors import UserError
-from mmexpr.labels import LabelFileError, read_annotation, split_track, track_name
+from mmexpr.labels import (
+    IGNORE,
+    LabelFileError,
+    file_task,
+    read_annotation,
+    read_task_annotation,
+    split_track,
+    track_name,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 # Aff-Wild2 folder names -> our split names; anything else becomes its lowercase name.
 SPLIT_NAMES = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
+
+# Aff-Wild2 challenge folders under annotations/ -> the task their files label.
+CHALLENGE_TASKS = {
+    "EXPR_Recognition_Challenge": "expr",
+    "EXPR_Classification_Challenge": "expr",
+    "EXPR_Set": "expr",
+    "VA_Estimation_Challenge": "va",
+    "AU_Detection_Challenge": "au",
+}
 
 
 class SourceError(UserError, ValueError):
@@ -61,8 +80,11 @@ class TrackSource:
     name: str  # e.g. "vid003_left"
     side: str  # "", "left" or "right"
     annotation: str
-    labels: np.ndarray
+    labels: np.ndarray  # EXPR [N], -1 unknown (all -1 for a track annotated for VA/AU only)
     crops: str | None  # folder of <00001>.jpg, or None
+    va: np.ndarray | None = None  # float32 [N, 2], NaN unknown; None: no VA file
+    au: np.ndarray | None = None  # int64 [N, 12], -1 unknown; None: no AU file
+    task_files: tuple[tuple[str, str], ...] = ()  # (task, annotation path) of the VA/AU files
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,75 @@ def video_tracks(root: Path, video: str, path: Path, frames: int, split: str = "
     return VideoJob(video, split, str(path), tuple(tracks))
 
 
+def task_split_folders(ann_root: Path) -> dict[str, dict[str, Path]]:
+    """VA and AU annotation folders per split: {split: {task: annotations/<Challenge>/<Split_Set>}}."""
+    out: dict[str, dict[str, Path]] = {}
+    for challenge, task in CHALLENGE_TASKS.items():
+        folder = ann_root / challenge
+        if task == "expr" or not folder.is_dir():
+            continue
+        for split_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            out.setdefault(split_name(split_dir.name), {})[task] = split_dir
+    return out
+
+
+def read_task_file(path: Path, task: str) -> np.ndarray:
+    """One VA or AU file; its header must be its folder's task (a file of another task, or of
+    none, in a challenge folder is a LabelFileError naming it)."""
+    found = file_task(path)
+    if found != task:
+        raise LabelFileError(f"{path}:1: a {found} annotation in the {task} folder {path.parent}")
+    return read_task_annotation(path, task)
+
+
+def add_task_labels(
+    tracks: dict[str, TrackSource], folders: dict[str, Path], videos: dict[str, Path], root: Path,
+    skipped: list[Skipped],
+) -> None:
+    """Attach each split's VA/AU files to its tracks (by track name), adding tracks that have
+    no EXPR file: their EXPR labels are all unknown, so only the tasks they have train."""
+    for task, folder in sorted(folders.items()):
+        for ann in sorted(folder.glob("*.txt")):
+            video, side = split_track(ann.stem)
+            if video not in videos:
+                skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
+                continue
+            try:
+                values = read_task_file(ann, task)
+            except LabelFileError as exc:
+                skipped.append(Skipped(str(ann), f"malformed {task} annotation: {exc}"))
+                continue
+            if len(values) == 0:
+                skipped.append(Skipped(str(ann), f"{task} annotation has no frames"))
+                continue
+            name = track_name(video, side)
+            track = tracks.get(name) or TrackSource(
+                name, side, str(ann), np.full(len(values), IGNORE, np.int64), _crops_for(root, name)
+            )
+            files = (*track.task_files, (task, str(ann)))
+            tracks[name] = replace(track, task_files=files, **{task: values})
+
+
+def _expr_tracks(split_dir: Path, videos: dict[str, Path], root: Path, skipped: list[Skipped]) -> dict[str, TrackSource]:
+    tracks: dict[str, TrackSource] = {}
+    for ann in sorted(split_dir.glob("*.txt")):
+        video, side = split_track(ann.stem)
+        if video not in videos:
+            skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
+            continue
+        try:
+            labels = read_annotation(ann)
+        except LabelFileError as exc:
+            skipped.append(Skipped(str(ann), f"malformed annotation: {exc}"))
+            continue
+        if len(labels) == 0:
+            skipped.append(Skipped(str(ann), "annotation has no frames"))
+            continue
+        name = track_name(video, side)
+        tracks[name] = TrackSource(name, side, str(ann), labels, _crops_for(root, name))
+    return tracks
+
+
 def discover(source: str | Path, splits: list[str] | None = None) -> Discovery:
     """All packable tracks under SOURCE grouped per video, plus every skipped input."""
     root = Path(source)
@@ -163,29 +254,19 @@ def discover(source: str | Path, splits: list[str] | None = None) -> Discovery:
     videos, skipped = index_videos(root / "videos")
     found = Discovery(skipped=skipped)
     wanted = set(splits) if splits else None
-    for split_dir in sorted(p for p in ann_root.iterdir() if p.is_dir()):
-        split = split_name(split_dir.name)
+    expr_dirs = {
+        split_name(p.name): p for p in sorted(ann_root.iterdir()) if p.is_dir() and p.name not in CHALLENGE_TASKS
+    }
+    task_dirs = task_split_folders(ann_root)
+    for split in sorted(set(expr_dirs) | set(task_dirs)):
         if wanted is not None and split not in wanted:
             continue
+        tracks = _expr_tracks(expr_dirs[split], videos, root, found.skipped) if split in expr_dirs else {}
+        add_task_labels(tracks, task_dirs.get(split, {}), videos, root, found.skipped)
         by_video: dict[str, list[TrackSource]] = {}
-        for ann in sorted(split_dir.glob("*.txt")):
-            video, side = split_track(ann.stem)
-            if video not in videos:
-                found.skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
-                continue
-            try:
-                labels = read_annotation(ann)
-            except LabelFileError as exc:
-                found.skipped.append(Skipped(str(ann), f"malformed annotation: {exc}"))
-                continue
-            if len(labels) == 0:
-                found.skipped.append(Skipped(str(ann), "annotation has no frames"))
-                continue
-            name = track_name(video, side)
-            by_video.setdefault(video, []).append(
-                TrackSource(name, side, str(ann), labels, _crops_for(root, name))
-            )
-        for video, tracks in sorted(by_video.items()):
+        for name in sorted(tracks):
+            by_video.setdefault(split_track(name)[0], []).append(tracks[name])
+        for video, video_tracks_ in sorted(by_video.items()):
             words: tuple[Word, ...] = ()
             transcript = root / "transcripts" / f"{video}.json"
             if transcript.is_file():
@@ -193,9 +274,9 @@ def discover(source: str | Path, splits: list[str] | None = None) -> Discovery:
                     words = read_transcript(transcript)
                 except SourceError as exc:
                     found.skipped.append(Skipped(str(transcript), f"transcript ignored: {exc}"))
-            found.jobs.append(VideoJob(video, split, str(videos[video]), tuple(tracks), words))
+            found.jobs.append(VideoJob(video, split, str(videos[video]), tuple(video_tracks_), words))
     if wanted is not None:
-        missing = wanted - {split_name(p.name) for p in ann_root.iterdir() if p.is_dir()}
+        missing = wanted - set(expr_dirs) - set(task_dirs)
         if missing:
             raise SourceError(f"{ann_root}: no annotation folder for split(s) {sorted(missing)}")
     return found
