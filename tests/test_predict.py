@@ -93,6 +93,8 @@ def test_predict_from_shards_writes_a_submission_with_a_label_for_every_frame(
     assert code == 0
     assert "predicted" in capsys.readouterr().out
     annotations = _annotations(demo_corpus)
+    assert sorted(p.name for p in out.iterdir()) == ["expr", "predict.json"]  # a folder per task the model has
+    out = out / "expr"
     written = sorted(p.stem for p in out.glob("*.txt"))
     assert written == sorted(annotations)  # one file per track, left/right included
     for track, labels in annotations.items():
@@ -117,8 +119,8 @@ def test_predict_on_raw_videos_matches_predict_on_their_shards(tiny_checkpoint, 
     from_shards = predict(PredictOptions(out=str(tmp_path / "s"), shards=str(demo_shards), **common))
     from_videos = predict(PredictOptions(out=str(tmp_path / "v"), videos=str(demo_corpus), workers=2, **common))
     assert from_videos.tracks == from_shards.tracks == len(_annotations(demo_corpus))
-    for npy in sorted((tmp_path / "s").glob("*.npy")):
-        np.testing.assert_allclose(np.load(tmp_path / "v" / npy.name), np.load(npy), atol=1e-4)
+    for npy in sorted((tmp_path / "s" / "expr").glob("*.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "v" / "expr" / npy.name), np.load(npy), atol=1e-4)
 
 
 def test_predict_then_evaluate_round_trip_matches_the_scores_predict_reports(
@@ -132,7 +134,7 @@ def test_predict_then_evaluate_round_trip_matches_the_scores_predict_reports(
         PredictOptions(out=str(out), checkpoint=str(tiny_checkpoint), shards=str(demo_shards),
                        splits=["validation"], progress=False)
     )
-    report = evaluate_dirs(out, demo_corpus / "annotations" / "Validation_Set")
+    report = evaluate_dirs(out / "expr", demo_corpus / "annotations" / "Validation_Set")
     assert report.tracks == summary.tracks
     assert report.scores.macro_f1 == pytest.approx(summary.scores.macro_f1, abs=1e-12)
     assert (report.scores.matrix == summary.scores.matrix).all()

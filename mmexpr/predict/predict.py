@@ -5,9 +5,15 @@ process cuts overlapping windows of T frames (stride T/2 by default), runs the m
 batches of them, averages the logits of every frame over the windows that saw it
 (windows.py), and writes
 
-    OUT/<track>.txt   ABAW submission: `image_location,Neutral,...` then `<track>/00001.jpg,k`
-    OUT/<track>.npy   float32 [frames, 8] class probabilities (softmax of the averaged logits)
-    OUT/predict.json  where the model came from, the window settings and per-track counts
+    OUT/<task>/<track>.txt  ABAW submission of each task the model has (a folder per task):
+                            expr `image_location,Neutral,...` then `<track>/00001.jpg,k`;
+                            va `image_location,valence,arousal`; au `image_location,AU1,...,AU26`
+    OUT/<task>/<track>.npy  float32 per frame: expr class probabilities [frames, 8] (softmax of
+                            the averaged logits), va values [frames, 2], au probabilities [frames, 12]
+    OUT/predict.json        where the model came from, the window settings, counts and scores
+
+AU probabilities become 0/1 at the model's per-AU thresholds (tuned on validation by training
+and saved with the checkpoint; 0.5 for a model that never evaluated).
 
 Every frame gets a label: frames without a face were packed as black frames (Aff-Wild2's
 missing crops) and go through the model like any other, and frames no window could read
@@ -30,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from mmexpr.data.batch import Batch, BatchArrays
 from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
-from mmexpr.labels import write_submission
-from mmexpr.metrics import Scores, score
+from mmexpr.labels import NUM_AUS, NUM_CLASSES, write_task_submission
+from mmexpr.metrics import Scores, TaskScores, au_score, score, va_score
 from mmexpr.predict.tracks import ShardTracks, Track, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
@@ -69,7 +75,9 @@ class PredictSummary:
     stride: int = 0
     device: str = "cpu"
     problems: list[str] = field(default_factory=list)
-    scores: Scores | None = None  # when the inputs carry labels (shards, annotated videos)
+    scores: Scores | None = None  # EXPR, when the inputs carry labels (shards, annotated videos)
+    task_scores: TaskScores = field(default_factory=TaskScores)  # every task with labels in the input
+    tasks: tuple[str, ...] = ("expr",)
 
     def __str__(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
@@ -77,14 +85,16 @@ class PredictSummary:
             f"predicted {self.tracks} track(s), {self.frames} frames in {self.seconds:.1f} s "
             f"({rate:.0f} frames/s on {self.device}); window {self.window}, stride {self.stride}",
             f"model: {self.source}",
-            f"wrote {self.out}/<track>.txt (ABAW submission) and <track>.npy (probabilities)",
+            f"wrote {', '.join(f'{self.out}/{t}/' for t in self.tasks)}: <track>.txt (ABAW submission) and "
+            "<track>.npy (per-frame outputs)",
         ]
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  {p}" for p in self.problems[:20]]
-        if self.scores is not None:
-            lines.append(f"against the labels in the input ({self.scores.frames} labelled frames):")
-            lines.append(self.scores.table())
+        if self.task_scores.present():
+            lines.append("against the labels in the input:")
+            lines.append(self.task_scores.table())
+            lines.append(self.task_scores.line())
         return "\n".join(lines)
 
 
@@ -109,8 +119,16 @@ def window_batch(track: Track, starts: list[int], window: int, sample_rate: int)
     return arrays.batch()
 
 
+# Model output of each task, and its width per frame.
+OUTPUTS = {"expr": ("logits", NUM_CLASSES), "va": ("va", 2), "au": ("au_logits", NUM_AUS)}
+
+
+def model_tasks(model: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "tasks", ("expr",)))
+
+
 @torch.inference_mode()
-def track_logits(
+def track_outputs(
     model: torch.nn.Module,
     track: Track,
     *,
@@ -119,17 +137,43 @@ def track_logits(
     batch_size: int,
     sample_rate: int,
     device: torch.device,
-) -> np.ndarray:
-    """Averaged logits [frames, 8] of one track over overlapping windows."""
-    stitcher = LogitStitcher(len(track.frames))
+) -> dict[str, np.ndarray]:
+    """Each task's output of one track averaged over overlapping windows: expr logits [frames, 8],
+    va values [frames, 2], au logits [frames, 12]."""
+    tasks = model_tasks(model)
+    stitchers = {t: LogitStitcher(len(track.frames), OUTPUTS[t][1]) for t in tasks}
     starts = window_starts(len(track.frames), window, stride)
     for i in range(0, len(starts), batch_size):
         part = starts[i : i + batch_size]
         batch = window_batch(track, part, window, sample_rate)
-        logits = model(batch.to(device))["logits"].float().cpu().numpy()
-        for j, s in enumerate(part):
-            stitcher.add(s, logits[j], batch.mask[j].numpy())
-    return stitcher.logits()
+        out = model(batch.to(device))
+        for task in tasks:
+            values = out[OUTPUTS[task][0]].float().cpu().numpy()
+            for j, s in enumerate(part):
+                stitchers[task].add(s, values[j], batch.mask[j].numpy())
+    return {t: st.logits() for t, st in stitchers.items()}
+
+
+def au_thresholds(model: torch.nn.Module) -> np.ndarray:
+    buffer = getattr(model, "au_thresholds", None)
+    return buffer.detach().float().cpu().numpy() if buffer is not None else np.full(NUM_AUS, 0.5)
+
+
+def task_predictions(outputs: dict[str, np.ndarray], thresholds: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task (submitted values, saved per-frame outputs): expr (class, probabilities), va
+    (values, values), au (0/1 at the thresholds, probabilities)."""
+    out = {}
+    for task, values in outputs.items():
+        if task == "expr":
+            probs = softmax(values).astype(np.float32)
+            out[task] = (probs.argmax(axis=1), probs)
+        elif task == "va":
+            va = np.clip(values, -1, 1).astype(np.float32)
+            out[task] = (va, va)
+        else:
+            probs = (1.0 / (1.0 + np.exp(-values))).astype(np.float32)
+            out[task] = ((probs >= thresholds).astype(np.int64), probs)
+    return out
 
 
 def _identity(items: list) -> list:
@@ -149,33 +193,45 @@ def predict_dataset(
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[int, int, list[str], Scores | None]:
-    """Predict every track of `dataset` and write its files; (tracks, frames, problems, scores)."""
+    """Predict every track of `dataset` and write each task's files; (tracks, frames, problems,
+    scores of every task whose labels the input has)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    tasks = model_tasks(model)
+    for task in tasks:
+        (out / task).mkdir(parents=True, exist_ok=True)
+    thresholds = au_thresholds(model)
     loader = DataLoader(dataset, batch_size=1, collate_fn=_identity, num_workers=workers, shuffle=False)
     tracks = frames = 0
     problems: list[str] = []
-    all_labels, all_preds = [], []
+    truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    guesses: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     with Progress(len(dataset), "predict", "video", enabled=progress) as bar:
         for item in loader:
             for track in item:
-                logits = track_logits(
+                outputs = track_outputs(
                     model, track, window=window, stride=stride, batch_size=batch_size,
                     sample_rate=sample_rate, device=device,
                 )
-                probs = softmax(logits).astype(np.float32)
-                preds = probs.argmax(axis=1)
-                write_submission(out / f"{track.name}.txt", track.name, preds)
-                np.save(out / f"{track.name}.npy", probs)
+                for task, (values, saved) in task_predictions(outputs, thresholds).items():
+                    write_task_submission(out / task / f"{track.name}.txt", task, track.name, values)
+                    np.save(out / task / f"{track.name}.npy", saved)
+                    known = track.task_labels(task)
+                    if known is not None:
+                        truth[task].append(known)
+                        guesses[task].append(values)
                 tracks += 1
-                frames += len(preds)
+                frames += len(track.frames)
                 problems += track.problems
-                if (track.labels >= 0).any():
-                    all_labels.append(track.labels)
-                    all_preds.append(preds)
             bar.update(1, frames=frames)
-    scores = score(np.concatenate(all_labels), np.concatenate(all_preds)) if all_labels else None
-    return tracks, frames, problems, scores
+    return tracks, frames, problems, _input_scores(truth, guesses)
+
+
+def _input_scores(truth: dict[str, list[np.ndarray]], guesses: dict[str, list[np.ndarray]]) -> TaskScores:
+    scorers = {"expr": lambda t, g: score(t, g), "va": lambda t, g: va_score(g, t), "au": lambda t, g: au_score(g, t)}
+    return TaskScores(**{
+        task: scorers[task](np.concatenate(truth[task]), np.concatenate(guesses[task]))
+        for task in truth if truth[task]
+    })
 
 
 def check_out(out: Path) -> None:
@@ -231,7 +287,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
         dataset: Dataset = ShardTracks(opts.shards, opts.splits, job.data.image_size)
     else:
         dataset = VideoTracks(opts.videos, job.data.image_size, pack_settings_of(job), opts.video_names)
-    tracks, frames, problems, scores = predict_dataset(
+    tracks, frames, problems, task_scores = predict_dataset(
         model,
         dataset,
         opts.out,
@@ -246,12 +302,14 @@ def predict(opts: PredictOptions) -> PredictSummary:
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
         seconds=time.perf_counter() - begin, window=window, stride=stride, device=str(device),
-        problems=problems, scores=scores,
+        problems=problems, scores=task_scores.expr, task_scores=task_scores, tasks=model_tasks(model),
     )
     meta = {
         "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
-        "input": opts.shards or opts.videos, "problems": problems,
-        "macro_f1": scores.macro_f1 if scores else None,
+        "input": opts.shards or opts.videos, "problems": problems, "tasks": list(model_tasks(model)),
+        "macro_f1": task_scores.expr.macro_f1 if task_scores.expr else None,
+        "scores": {t: task_scores.abaw(t) for t in task_scores.present()},
+        "au_thresholds": au_thresholds(model).tolist() if "au" in model_tasks(model) else None,
     }
     (Path(opts.out) / "predict.json").write_text(json.dumps(meta, indent=1) + "\n")
     return summary

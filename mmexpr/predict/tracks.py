@@ -25,9 +25,10 @@ from torch.utils.data import Dataset
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.encode import PackSettings
-from mmexpr.data.loader import Decoded, decode_sample
+from mmexpr.data.loader import Decoded, decode_sample, sample_tasks
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
 from mmexpr.errors import UserError
+from mmexpr.labels import NUM_AUS
 
 
 class PredictInputError(UserError, ValueError):
@@ -46,6 +47,18 @@ class Track:
     labels: np.ndarray  # int64 [N], -1 where unknown (always -1 for raw videos)
     problems: list[str]
     chunk_starts: np.ndarray  # first frame of each packed chunk, ascending
+    va: np.ndarray | None = None  # float32 [N, 2], NaN unknown; None: no VA labels
+    au: np.ndarray | None = None  # int64 [N, 12], -1 unknown; None: no AU labels
+
+    def task_labels(self, task: str) -> np.ndarray | None:
+        """The track's labels of `task` when at least one frame is known, else None."""
+        if task == "expr":
+            return self.labels if (self.labels >= 0).any() else None
+        values = getattr(self, task)
+        if values is None:
+            return None
+        known = ~np.isnan(values) if task == "va" else values >= 0
+        return values if known.any() else None
 
     def audio_span(self, start: int, end: int, sample_rate: int) -> tuple[int, int]:
         """Audio samples of frames [start, end), counted from the chunk holding `start` exactly
@@ -71,12 +84,19 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
     h, w = good[0].frames.shape[1:3]
     frames = np.zeros((total, h, w, 3), np.uint8)
     labels = np.full(total, -1, np.int64)
+    va = np.full((total, 2), np.nan, np.float32) if any("va" in c.meta for c in good) else None
+    au = np.full((total, NUM_AUS), -1, np.int64) if any("au" in c.meta for c in good) else None
     audio = np.zeros(frame_sample(total, fps, sample_rate), np.float32)
     has_audio = False
     for c in good:
         first, n = int(c.meta["first_frame"]), len(c.meta["labels"])
         frames[first : first + n] = c.frames[:n]
         labels[first : first + n] = c.meta["labels"]
+        chunk_va, chunk_au = sample_tasks(c.meta, 0, n)
+        if chunk_va is not None:
+            va[first : first + n] = chunk_va
+        if chunk_au is not None:
+            au[first : first + n] = chunk_au
         if c.has_audio and len(c.audio):
             has_audio = True
             a0 = frame_sample(first, fps, sample_rate)
@@ -84,7 +104,7 @@ def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track
             audio[a0 : a0 + len(piece)] = piece
     problems = [f"{name}: {len(chunks) - len(good)} chunk(s) unreadable, their frames predicted from neighbours"] if len(good) < len(chunks) else []
     starts = np.asarray(sorted(int(c.meta["first_frame"]) for c in good), np.int64)
-    return Track(name, frames, audio, has_audio, fps, labels, problems, starts)
+    return Track(name, frames, audio, has_audio, fps, labels, problems, starts, va, au)
 
 
 def _track_of_key(key: str, by_safe_name: dict[str, str]) -> str:

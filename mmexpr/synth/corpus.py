@@ -83,7 +83,7 @@ from mmexpr.synth import speech as synth_speech
 
 SPLIT_FOLDERS = {"train": "Train_Set", "validation": "Validation_Set"}
 GENERATOR = "mmexpr.synth.corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: VA and AU annotations beside EXPR
 CROP_SIZE = 112  # Aff-Wild2's cropped_aligned size
 _BLEND_SECONDS = 0.24  # how long a face takes to move to a new expression
 _MOUTH_TALK = 0.3  # how far the mouth opens with each spoken syllable
