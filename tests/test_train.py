@@ -193,8 +193,11 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
     assert sorted(losses) == list(range(1, SHORT + 1))
     metrics = run.data.metrics
     for key in ("train/ce", "train/contrastive", "train/lr", "train/lr_encoders", "train/samples_per_s",
-                "train/data_wait", "val/macro_f1", "val/accuracy", "val/f1_Happiness"):
-        assert key in metrics, key
+                "train/data_wait", "val/macro_f1", "val/accuracy", "val/f1_Happiness",
+                "train/va", "train/au", "val/va_ccc", "val/va_ccc_valence", "val/va_ccc_arousal", "val/au_f1",
+                "val/au_f1_AU12", "val/au_f1_tuned", "val/score_expr", "val/score_va", "val/score_au"):
+        assert key in metrics, key  # the demo job trains all three tasks
+    assert metrics["val/score_va"] == metrics["val/va_ccc"] and metrics["val/score_expr"] == metrics["val/macro_f1"]
     assert 0.0 <= metrics["train/data_wait"] <= 1.0
     f1_steps = [m.step for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert f1_steps == [12, 24]
@@ -202,6 +205,8 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
     assert {"config.yaml", "eval", "checkpoints", "best_model"} <= artifacts
     evals = {a.path for a in client.list_artifacts(result.run_id, "eval")}
     assert "eval/confusion_step_00000024.png" in evals and "eval/per_class_f1_step_00000024.png" in evals
+    for figure in ("va_time", "va_scatter", "au_f1"):
+        assert f"eval/{figure}_step_00000024.png" in evals, figure
     saved = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert f"checkpoints/{ckpt.tag_for(SHORT)}.json" in saved
     model_files = {a.path for a in client.list_artifacts(result.run_id, "best_model")}
@@ -226,6 +231,10 @@ def test_registered_weights_load_into_a_fresh_model(trained_run):
     model = build_model(saved_job.model, None)
     weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(weights, strict=True)
+    # The per-AU thresholds tuned at the best evaluation travel with the weights.
+    from mmexpr.metrics import AU_THRESHOLDS
+
+    assert set(weights["au_thresholds"].tolist()) <= {float(t) for t in AU_THRESHOLDS.astype("float32")}
     before = build_model(saved_job.model, None).state_dict()
     assert any(not torch.equal(before[k], v) for k, v in weights.items() if v.dtype.is_floating_point)
 
