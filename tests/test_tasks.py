@@ -311,3 +311,54 @@ def test_adding_va_files_to_a_packed_expr_corpus_changes_its_fingerprint(tmp_pat
         pack_corpus(src, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False)
     summary = pack_corpus(src, out, chunk_frames=16, face_size=32, shard_mb=1, progress=False, overwrite=True)
     assert summary.splits["train"].tasks["va"]["frames"] == 20
+
+
+# ---------------------------------------------------------------- runs and sweeps over model.tasks
+
+
+def test_runs_and_compare_show_the_three_scores(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mmexpr.runs.listing import compare_table, find_run, list_runs, runs_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tasks", artifact_location=str(tmp_path / "art"))
+    for name, tasks, history in (
+        ("expr-only", "['expr']", {"val/macro_f1": [0.5, 0.6]}),
+        ("all-three", "['expr', 'va', 'au']", {"val/macro_f1": [0.4, 0.55], "val/va_ccc": [0.3, 0.71, 0.65],
+                                               "val/au_f1": [0.62, 0.58]}),
+    ):
+        rid = client.create_run(exp, run_name=name).info.run_id
+        client.log_param(rid, "model.tasks", tasks)
+        for key, values in history.items():
+            for step, value in enumerate(values, start=1):
+                client.log_metric(rid, key, value, step=step)
+        client.set_terminated(rid)
+    text = runs_table(list_runs(uri))
+    header = text.splitlines()[0]
+    assert "best macro F1" in header and "best VA CCC" in header and "best AU F1" in header
+    row = next(line for line in text.splitlines() if line.split()[1:2] == ["all-three"])
+    assert "0.5500" in row and "0.7100" in row and "0.6200" in row  # the best of each, not the last
+    compare = compare_table(find_run(uri, "expr-only"), find_run(uri, "all-three"))
+    va = next(line for line in compare.splitlines() if line.startswith("best VA CCC"))
+    assert "-" in va and "0.7100" in va
+
+
+def test_a_sweep_over_model_tasks_expands_list_values() -> None:
+    from mmexpr.submit.sweep import expand
+
+    job = str(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml")
+    variants = expand(job, ["model.tasks=[expr],[expr,va,au],[va]"], ["train.max_steps=5"], "sw")
+    assert [v.job.model.tasks for v in variants] == [["expr"], ["expr", "va", "au"], ["va"]]
+    assert len({v.job.track.run_name for v in variants}) == 3
+
+
+def test_best_metric_must_be_a_task_of_the_model(capsys) -> None:
+    from mmexpr.config import ConfigError, load_job
+
+    with pytest.raises(ConfigError, match="train.best_metric: 'au' is not in model.tasks"):
+        load_job(None, ["model.tasks=[expr,va]", "train.best_metric=au"])
+    with pytest.raises(ConfigError, match="model.tasks"):
+        load_job(None, ["model.tasks=[expr,expr]"])
+    assert load_job(None, ["model.tasks=[va,au]", "train.best_metric=mean"]).model.tasks == ["va", "au"]
