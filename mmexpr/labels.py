@@ -76,22 +76,13 @@ def track_name(video: str, track: str) -> str:
 def read_annotation(path: str | os.PathLike) -> np.ndarray:
     """Per-frame labels of one track (int64, -1 = ignore)."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError as exc:
-        raise LabelFileError(f"{path}: not a text file ({exc.reason})") from None
-    if not lines:
-        raise LabelFileError(f"{path}: empty file; expected header {ANNOTATION_HEADER!r}")
+    lines = _lines(path, ANNOTATION_HEADER)
     header = lines[0].strip().lstrip("\ufeff")
     if [h.strip() for h in header.split(",")] != list(CLASSES):
         raise LabelFileError(f"{path}:1: header {header!r}; expected {ANNOTATION_HEADER!r}")
     values: list[int] = []
-    for number, line in enumerate(lines[1:], start=2):
-        text = line.strip()
-        if not text:
-            if all(not rest.strip() for rest in lines[number - 1 :]):
-                break  # trailing blank lines
-            raise LabelFileError(f"{path}:{number}: empty line; expected an integer -1..7")
+    for number, cells in _table_rows(path, lines, expected="; expected an integer -1..7"):
+        text = ",".join(cells)
         try:
             value = int(text)
         except ValueError:
@@ -171,6 +162,18 @@ def write_submission(path: str | os.PathLike, track: str, labels: Sequence[int] 
     return path
 
 
+def _frame_track(path: Path, number: int, cell: str, track: str, seen: int) -> str:
+    """The video of a submission row's `video/NNNNN.jpg`: one video per file, frames 1..N in order."""
+    match = _FRAME_RE.match(cell)
+    if match is None:
+        raise LabelFileError(f"{path}:{number}: {cell!r} is not 'video/NNNNN.jpg'")
+    if track and match["video"] != track:
+        raise LabelFileError(f"{path}:{number}: video {match['video']!r} differs from {track!r} above")
+    if int(match["frame"]) != seen + 1:
+        raise LabelFileError(f"{path}:{number}: frame {int(match['frame'])}; expected {seen + 1} (frames in order)")
+    return match["video"]
+
+
 def read_submission(path: str | os.PathLike) -> tuple[str, np.ndarray]:
     """(track, labels) from one submission file; frames must be 1..N in order."""
     path = Path(path)
@@ -189,16 +192,7 @@ def read_submission(path: str | os.PathLike) -> tuple[str, np.ndarray]:
         parts = text.split(",")
         if len(parts) != 2:
             raise LabelFileError(f"{path}:{number}: {text!r}; expected 'video/00001.jpg,LABEL'")
-        match = _FRAME_RE.match(parts[0].strip())
-        if match is None:
-            raise LabelFileError(f"{path}:{number}: {parts[0]!r} is not 'video/NNNNN.jpg'")
-        if track and match["video"] != track:
-            raise LabelFileError(f"{path}:{number}: video {match['video']!r} differs from {track!r} above")
-        track = match["video"]
-        if int(match["frame"]) != len(values) + 1:
-            raise LabelFileError(
-                f"{path}:{number}: frame {int(match['frame'])}; expected {len(values) + 1} (frames in order)"
-            )
+        track = _frame_track(path, number, parts[0].strip(), track, len(values))
         try:
             value = int(parts[1])
         except ValueError:
@@ -225,13 +219,13 @@ ANNOTATION_HEADERS = {"expr": ANNOTATION_HEADER, "va": VA_HEADER, "au": AU_HEADE
 SUBMISSION_HEADERS = {"expr": SUBMISSION_HEADER, "va": VA_SUBMISSION_HEADER, "au": AU_SUBMISSION_HEADER}
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, header: str = "") -> list[str]:
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as exc:
         raise LabelFileError(f"{path}: not a text file ({exc.reason})") from None
     if not lines:
-        raise LabelFileError(f"{path}: empty file; expected a header line")
+        raise LabelFileError(f"{path}: empty file; expected header {header!r}" if header else f"{path}: empty file")
     return lines
 
 
@@ -292,15 +286,16 @@ def _au_row(path: Path, number: int, cells: list[str]) -> list[int]:
     return values
 
 
-def _table_rows(path: Path, lines: list[str], start: int = 2) -> list[tuple[int, list[str]]]:
-    """(line number, cells) of the body; trailing blank lines are allowed, inner ones are not."""
+def _table_rows(path: Path, lines: list[str], expected: str = "") -> list[tuple[int, list[str]]]:
+    """(line number, cells) of the body after the header; trailing blank lines are allowed,
+    inner ones are an error (`expected` says what the line should have held)."""
     rows = []
-    for number, line in enumerate(lines[start - 1 :], start=start):
+    for number, line in enumerate(lines[1:], start=2):
         text = line.strip()
         if not text:
             if all(not rest.strip() for rest in lines[number - 1 :]):
                 break
-            raise LabelFileError(f"{path}:{number}: empty line")
+            raise LabelFileError(f"{path}:{number}: empty line{expected}")
         rows.append((number, [c.strip() for c in text.split(",")]))
     return rows
 
@@ -379,16 +374,7 @@ def read_task_submission(path: str | os.PathLike, task: str) -> tuple[str, np.nd
     track = ""
     values: list = []
     for number, cells in _table_rows(path, lines):
-        match = _FRAME_RE.match(cells[0])
-        if match is None:
-            raise LabelFileError(f"{path}:{number}: {cells[0]!r} is not 'video/NNNNN.jpg'")
-        if track and match["video"] != track:
-            raise LabelFileError(f"{path}:{number}: video {match['video']!r} differs from {track!r} above")
-        track = match["video"]
-        if int(match["frame"]) != len(values) + 1:
-            raise LabelFileError(
-                f"{path}:{number}: frame {int(match['frame'])}; expected {len(values) + 1} (frames in order)"
-            )
+        track = _frame_track(path, number, cells[0], track, len(values))
         if task == "va":
             row = _va_row(path, number, cells[1:])
             if math.isnan(row[0]):

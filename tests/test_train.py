@@ -402,6 +402,22 @@ def test_demo_job_learns_well_above_chance_in_a_short_run(ray_local, tmp_path):
         f"train.checkpoint_every={LEARN_STEPS}", "track.register_model=''",
     ])
     result = run_training(job)
-    history = [m.value for m in _client(result.tracking_uri).get_metric_history(result.run_id, "val/macro_f1")]
+    client = _client(result.tracking_uri)
+    history = [m.value for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert len(history) == 2, history
     assert result.best_f1 >= 0.5, f"validation macro F1 at steps {LEARN_STEPS // 2} and {LEARN_STEPS}: {history}"
+
+    # VA and AU, trained beside EXPR, beat their trivial predictors on the same validation frames:
+    # the training mean has CCC 0; all-zeros has AU F1 0 and all-ones 2p/(1+p) per AU (p: its rate).
+    import numpy as np
+
+    from mmexpr.data.manifest import read_manifest
+
+    rates = np.asarray(read_manifest(tmp_path / "shards" / "validation" / "manifest.json").au_positive_rates())
+    all_ones = float(np.mean(2 * rates / (1 + rates)))
+    va = max(m.value for m in client.get_metric_history(result.run_id, "val/va_ccc"))
+    au = max(m.value for m in client.get_metric_history(result.run_id, "val/au_f1"))
+    print(f"after {LEARN_STEPS} steps: EXPR macro F1 {result.best_f1:.4f} (chance 0.125), VA mean CCC {va:.4f} "
+          f"(training mean 0), AU mean F1 {au:.4f} (all ones {all_ones:.4f}, all zeros 0)")
+    assert va >= 0.3, va
+    assert au >= all_ones + 0.1, (au, all_ones)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -203,18 +204,10 @@ def add_task_labels(
     no EXPR file: their EXPR labels are all unknown, so only the tasks they have train."""
     for task, folder in sorted(folders.items()):
         for ann in sorted(folder.glob("*.txt")):
+            values = _track_file(ann, videos, root, skipped, partial(read_task_file, task=task), f"{task} ")
+            if values is None:
+                continue
             video, side = split_track(ann.stem)
-            if video not in videos:
-                skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
-                continue
-            try:
-                values = read_task_file(ann, task)
-            except LabelFileError as exc:
-                skipped.append(Skipped(str(ann), f"malformed {task} annotation: {exc}"))
-                continue
-            if len(values) == 0:
-                skipped.append(Skipped(str(ann), f"{task} annotation has no frames"))
-                continue
             name = track_name(video, side)
             track = tracks.get(name) or TrackSource(
                 name, side, str(ann), np.full(len(values), IGNORE, np.int64), _crops_for(root, name)
@@ -223,21 +216,33 @@ def add_task_labels(
             tracks[name] = replace(track, task_files=files, **{task: values})
 
 
+def _track_file(
+    ann: Path, videos: dict[str, Path], root: Path, skipped: list[Skipped], read, what: str
+) -> np.ndarray | None:
+    """One annotation file's labels, or None with the reason added to `skipped` (no such video,
+    malformed, empty). `what` names the task in the reason ("va ", "au ", "" for EXPR)."""
+    video, _ = split_track(ann.stem)
+    if video not in videos:
+        skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
+        return None
+    try:
+        values = read(ann)
+    except LabelFileError as exc:
+        skipped.append(Skipped(str(ann), f"malformed {what}annotation: {exc}"))
+        return None
+    if len(values) == 0:
+        skipped.append(Skipped(str(ann), f"{what}annotation has no frames"))
+        return None
+    return values
+
+
 def _expr_tracks(split_dir: Path, videos: dict[str, Path], root: Path, skipped: list[Skipped]) -> dict[str, TrackSource]:
     tracks: dict[str, TrackSource] = {}
     for ann in sorted(split_dir.glob("*.txt")):
+        labels = _track_file(ann, videos, root, skipped, read_annotation, "")
+        if labels is None:
+            continue
         video, side = split_track(ann.stem)
-        if video not in videos:
-            skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}"))
-            continue
-        try:
-            labels = read_annotation(ann)
-        except LabelFileError as exc:
-            skipped.append(Skipped(str(ann), f"malformed annotation: {exc}"))
-            continue
-        if len(labels) == 0:
-            skipped.append(Skipped(str(ann), "annotation has no frames"))
-            continue
         name = track_name(video, side)
         tracks[name] = TrackSource(name, side, str(ann), labels, _crops_for(root, name))
     return tracks
