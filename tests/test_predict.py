@@ -94,7 +94,7 @@ def test_predict_from_shards_writes_a_submission_with_a_label_for_every_frame(
     assert code == 0
     assert "predicted" in capsys.readouterr().out
     annotations = _annotations(demo_corpus)
-    assert sorted(p.name for p in out.iterdir()) == ["expr", "predict.json"]  # a folder per task the model has
+    assert sorted(p.name for p in out.iterdir()) == ["au", "expr", "predict.json", "va"]  # a folder per task of the demo model
     out = out / "expr"
     written = sorted(p.stem for p in out.glob("*.txt"))
     assert written == sorted(annotations)  # one file per track, left/right included

@@ -161,9 +161,15 @@ def video_tracks(root: Path, video: str, path: Path, frames: int, split: str = "
     annotated = {
         ann.stem: ann
         for ann in (sorted(ann_root.glob("*/*.txt")) if ann_root.is_dir() else [])
+        if split_track(ann.stem)[0] == video and ann.parent.name not in CHALLENGE_TASKS
+    }
+    in_challenges = {  # a track annotated for VA or AU only is still a track to predict
+        ann.stem
+        for challenge in CHALLENGE_TASKS
+        for ann in (sorted((ann_root / challenge).glob("*/*.txt")) if (ann_root / challenge).is_dir() else [])
         if split_track(ann.stem)[0] == video
     }
-    sides = [split_track(stem)[1] for stem in annotated]
+    sides = sorted({split_track(stem)[1] for stem in {*annotated, *in_challenges}})
     if not sides:
         sides = [s for s in ("left", "right") if (root / "cropped_aligned" / track_name(video, s)).is_dir()] or [""]
     tracks = []
