@@ -263,7 +263,7 @@ class ExprModel(nn.Module):
         lines = [
             f"model: preset={self.cfg.preset} modalities={self.cfg.modalities} temporal={self.cfg.temporal} "
             f"fusion={self.cfg.fusion if self.fusion is not None else 'none'} hidden={self.cfg.hidden} "
-            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight}",
+            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight} tasks={','.join(self.tasks)}",
             f"window: {window} frames at {image_size}x{image_size}, {fps:g} fps, "
             f"{audio_samples(window, AUDIO_RATE)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
         ]
