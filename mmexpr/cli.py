@@ -46,8 +46,21 @@ def _synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-crops", action="store_true", help="also write cropped_aligned/<track>/<frame>.jpg")
     p.add_argument("--workers", type=int, default=0, help="processes writing videos (0: one per core)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
+    p.add_argument("--release", action="store_true",
+                   help="instead: the ABAW release layout from real recordings in shared/data (FER2013 faces with "
+                   "gaps in cropped_aligned/, RAVDESS voices, a two-person video, test_set.txt); --videos is per split")
 
     def run(args: argparse.Namespace) -> int:
+        if args.release:
+            from mmexpr.synth.real import NOT_TOGETHER
+            from mmexpr.synth.release import ReleaseSpec, write_release
+
+            corpus = write_release(args.out, ReleaseSpec(train=args.videos, validation=max(1, args.videos // 2),
+                                                         test=max(2, args.videos // 2), seconds=args.seconds,
+                                                         seed=args.seed))
+            print(f"wrote {corpus.root}: {len(corpus.tracks)} tracks, test list {corpus.test_list}")
+            print(f"note: {NOT_TOGETHER}")
+            return 0
         from mmexpr.synth.corpus import SynthSpec, write_corpus
 
         spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,
@@ -128,6 +141,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--zip", action="store_true", help="also write OUT/submission.zip, the archive ABAW uploads")
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -148,6 +162,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                 device=args.device,
                 tracking_uri=args.tracking_uri,
                 output=args.output,
+                zip=args.zip,
             )
         )
         print(summary)
@@ -250,7 +265,8 @@ def _sweep(sub: argparse._SubParsersAction) -> None:
 
 def _pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="pack videos + labels (Aff-Wild2 layout) into WebDataset shards + manifest")
-    p.add_argument("source", help="folder with videos/, annotations/<Split_Set>/, optional cropped_aligned/, transcripts/")
+    p.add_argument("source", help="folder with videos/**, annotations/[<Challenge>/]<Split_Set>/, optional "
+                   "cropped_aligned/, transcripts/ (the ABAW release layout)")
     p.add_argument("out", help="output folder: OUT/<split>/shard-NNNNNN.tar + manifest.json")
     p.add_argument("--split", dest="splits", action="append", default=None, help="pack only this split (repeatable)")
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per sample (default 64)")
@@ -259,6 +275,12 @@ def _pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace splits already packed in OUT")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local one on 127.0.0.1)")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--annotations", default=None, metavar="DIR",
+                   help="the EXPR annotation folder (a challenge folder such as "
+                   "annotations/EXPR_Recognition_Challenge); default: found under SOURCE/annotations")
+    p.add_argument("--test-list", default=None, metavar="FILE",
+                   help="ABAW test-set list (one name per line, name_left/name_right for two people): "
+                   "packs split 'test' with every label -1")
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.data.pack import pack_corpus
@@ -272,6 +294,8 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             overwrite=args.overwrite,
             ray_address=args.ray_address,
             num_cpus=args.cpus,
+            annotations=args.annotations,
+            test_list=args.test_list,
         )
         print(summary)
         return 0

@@ -38,6 +38,12 @@ class DataConfig(_Strict):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(64, ge=0, description="sample shuffle buffer in training")
     sample_rate: int = Field(16000, ge=1000, description="audio rate the shards hold")
+    max_skipped: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="fraction of samples read that may be skipped (undecodable, truncated shard, checksum "
+        "mismatch) before a training stops with an error naming the shards",
+    )
+    verify_shards: bool = Field(True, description="check each local shard's sha256 against the manifest before reading it")
 
 
 EncoderTrain = Literal["frozen", "full", "last"]
@@ -53,7 +59,7 @@ class EncoderConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The paper's model; every part switchable (see DESIGN.md, section Model)."""
+    """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
     preset: Literal["pretrained", "tiny"] = Field(
         "pretrained", description="tiny builds small random encoders from configs (tests, demo)"
@@ -149,7 +155,11 @@ class SlurmConfig(_Strict):
     """
 
     nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)
+    gpus_per_node: int | None = Field(
+        None, ge=0,
+        description="GPUs per node; empty: follow the job (train.workers spread over the nodes when "
+        "train.use_gpu, else 0)",
+    )
     cpus_per_node: int = Field(8, ge=1, description="CPUs per node (cpus-per-task, one task per node)")
     mem: str = Field("", pattern=r"^$|^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G; empty: cluster default")
     time: str = Field("04:00:00", pattern=r"^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$", description="time limit, [D-]HH:MM:SS")

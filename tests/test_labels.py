@@ -130,3 +130,4 @@ def test_prompts_cover_every_class_and_template() -> None:
     texts = prompts(["a {} face", "showing {}"])
     assert len(texts) == len(CLASSES) and all(len(t) == 2 for t in texts)
     assert texts[4][0] == "a happiness face"
+

@@ -161,7 +161,7 @@ def test_corrupt_member_is_skipped_and_counted(demo_shards: Path, tmp_path: Path
                 data = b"\x00not an mp4" * 50
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    data = _data(batch_size=4)
+    data = _data(batch_size=4, verify_shards=False)  # the decode failure itself, not the checksum
     loader = make_loader(str(root), "validation", data, train=False)
     batches = list(loader)
     assert loader.skipped == 1 and len(batches) == loader.steps_per_epoch
@@ -182,10 +182,56 @@ def test_truncated_shard_loses_only_its_tail(demo_shards: Path, tmp_path: Path):
     shard = root / "validation" / manifest.shards[0].url
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
-    loader = make_loader(str(root), "validation", _data(batch_size=4), train=False)
+    loader = make_loader(str(root), "validation", _data(batch_size=4, verify_shards=False), train=False)
     frames = sum(int(b.mask.sum()) for b in loader)
     assert 0 < loader.skipped < manifest.samples
     assert 0 < frames < manifest.frames
+    tally = loader.tally()
+    assert tally.read == manifest.samples and tally.skipped == loader.skipped
+    assert tally.shards == {str(shard): loader.skipped} and "shard read failed" in tally.reasons[str(shard)]
+
+
+def _flip_inside_member(shard: Path, ext: str, count: int = 200) -> None:
+    """Flip `count` bytes in the data of the first `.ext` member, leaving the tar intact."""
+    with tarfile.open(shard) as tar:
+        info = next(i for i in tar if i.name.endswith(f".{ext}"))
+    data = bytearray(shard.read_bytes())
+    start = info.offset_data + 100
+    data[start : start + count] = bytes(b ^ 0x5A for b in data[start : start + count])
+    shard.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_wav_fail_the_shard_checksum_and_its_samples_are_counted(demo_shards: Path, tmp_path: Path):
+    root = _copy_split(demo_shards, tmp_path / "shards")
+    manifest = read_manifest(root / "validation" / "manifest.json")
+    shard = root / "validation" / manifest.shards[0].url
+    _flip_inside_member(shard, "wav")
+    unchecked = make_loader(str(root), "validation", _data(batch_size=4, verify_shards=False), train=False)
+    assert sum(int(b.mask.sum()) for b in unchecked) == manifest.frames and unchecked.skipped == 0  # silent
+    loader = make_loader(str(root), "validation", _data(batch_size=4), train=False)
+    frames = sum(int(b.mask.sum()) for b in loader)
+    tally = loader.tally()
+    assert tally.skipped == manifest.shards[0].samples and tally.read == manifest.samples
+    assert "sha256" in tally.reasons[str(shard)] and "differs from the manifest" in tally.reasons[str(shard)]
+    assert frames == manifest.frames - manifest.shards[0].frames
+
+
+def test_data_loss_stops_above_the_limit_but_not_on_one_early_bad_sample():
+    from mmexpr.data.loader import SkipTally
+    from mmexpr.train import data_loss
+
+    early = SkipTally(read=8)
+    early.skip("shards/train/shard-000003.tar", "mp4 does not decode")
+    assert data_loss.problem(early, "train", 1000, 0.01) == ""  # 1 of the split's 1000 samples
+    third = SkipTally(read=120)
+    for _ in range(40):
+        third.skip("shards/train/shard-000001.tar", "shard read failed: unexpected end of data")
+    found = data_loss.problem(third, "train", 120, 0.01)
+    assert "data.max_skipped=0.01" in found and "shard-000001.tar (40 skipped: shard read failed" in found
+    nothing = SkipTally(read=52)
+    for _ in range(52):
+        nothing.skip("shards/train/shard-000000.tar", "mp4 does not decode")
+    assert data_loss.problem(nothing, "train", 52, 1.0).startswith("no sample could be used")
 
 
 def test_manifest_problems_name_the_file(tmp_path: Path, demo_shards: Path):

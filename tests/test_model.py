@@ -4,6 +4,7 @@ overfitting a small batch, `mmexpr describe`, and the model's job files."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def _params_without_grad(model, batch) -> list[str]:
 ALL_TASKS = {"tasks": ["expr", "va", "au"]}
 
 
-@pytest.mark.parametrize("case", ["no labelled frame", "no audio", "fully masked", "expr labels only",
+@pytest.mark.parametrize("case", ["no labelled frame", "no audio", "fully masked", "no face", "expr labels only",
                                   "va labels only", "au labels only", "no task labels at all"])
 @pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"modalities": "audio"}, {"loss": "focal"}, ALL_TASKS,
                                      {"tasks": ["va", "au"], "va_mse_weight": 0.5}],
@@ -143,6 +144,8 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case
         batch.labels[:] = IGNORE
     elif case == "no audio":
         batch.audio_len[:] = 0
+    elif case == "no face":
+        batch.face[:] = False
     else:
         batch.mask[:] = False
     assert _params_without_grad(model, batch) == []
@@ -173,6 +176,27 @@ def test_each_task_has_its_head_output_and_loss_and_unknown_frames_count_in_none
         assert torch.allclose(changed, model(batch)["loss"])
     assert ("va" not in tasks and "au" not in tasks) or not torch.allclose(first, changed)
     assert set(model(batch.without_labels())) >= {"embeddings"} and "loss" not in model(batch.without_labels())
+
+
+@pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"temporal": "transformer"}],
+                         ids=["paper", "concat", "transformer"])
+def test_frames_without_a_face_are_a_missing_visual_input_carried_by_the_audio(changes):
+    """Pixels of a frame flagged face=False reach no logit of its window (masked in the visual
+    stream and in fusion), the frame still gets logits, and face=None means every face is there."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**changes), None).eval()
+    batch = _batch()
+    with torch.no_grad():
+        assert torch.allclose(model(batch)["logits"], model(replace(batch, face=None))["logits"])
+        batch.face[:, 2:5] = False
+        out = model(batch)["logits"]
+        batch.video[:, 2:5] = torch.randint(0, 256, batch.video[:, 2:5].shape, dtype=torch.uint8)
+        again = model(batch)["logits"]
+        batch.face[:, 2:5] = True
+        seen = model(batch)["logits"]
+    assert torch.isfinite(out).all() and out.shape == (2, 8, NUM_CLASSES)
+    assert torch.allclose(out, again, atol=1e-5)
+    assert not torch.allclose(seen, again, atol=1e-3)  # with the flag set, those pixels count
 
 
 def test_window_without_audio_is_masked_and_its_audio_samples_are_ignored():

@@ -203,3 +203,105 @@ def test_a_three_task_model_writes_a_folder_per_task_that_evaluate_scores_as_pre
     assert au.abaw == pytest.approx(summary.task_scores.abaw("au"), abs=1e-12)
     assert expr.abaw == pytest.approx(summary.task_scores.abaw("expr"), abs=1e-12)
     assert json.loads((out / "predict.json").read_text())["au_thresholds"] == pytest.approx([0.45] * 12)
+
+
+# ---------------------------------------------------------------- streaming long tracks
+
+
+class _Recorder(torch.nn.Module):
+    """The model, plus a record of the frames, face flags and logits of every window it ran."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def forward(self, batch):
+        out = self.model(batch)
+        for j, s in enumerate(batch.start.tolist()):
+            self.seen[s] = (batch.video[j].numpy().copy(), batch.face[j].numpy().copy(), out["logits"][j].numpy())
+        return out
+
+
+def test_streamed_track_holds_only_the_windows_it_needs_and_equals_the_whole_track(tmp_path, one_torch_thread):
+    """A 300-frame track in 32-frame chunks: windows run as chunks arrive, the buffer never holds
+    more than a window plus a chunk, and frames, labels, face flags and logits equal those of
+    the whole track held at once."""
+    from media import labels_for, write_video
+    from PIL import Image
+
+    from mmexpr.data.pack import pack_corpus
+    from mmexpr.labels import write_annotation
+    from mmexpr.model.model import build_model
+    from mmexpr.predict.predict import StreamedTrack, window_batch
+    from mmexpr.predict.tracks import ShardTracks, TrackBuffer
+    from mmexpr.predict.windows import LogitStitcher, window_starts
+
+    src = tmp_path / "src"
+    write_video(src / "videos" / "long.mp4", 300)
+    write_annotation(src / "annotations" / "Train_Set" / "long.txt", labels_for(300))
+    crops = src / "cropped_aligned" / "long"
+    crops.mkdir(parents=True)
+    for i in range(300):
+        if not 100 <= i < 140:  # 40 frames without a face
+            Image.fromarray(np.full((40, 40, 3), 60 + i % 150, np.uint8)).save(crops / f"{i + 1:05d}.jpg")
+    pack_corpus(src, tmp_path / "shards", chunk_frames=32, face_size=32, shard_mb=1, progress=False, num_cpus=1)
+    job = load_job(REPO / "jobs" / "demo.yaml")
+    torch.manual_seed(0)
+    window, stride, batch_size, rate = 16, 8, 4, job.data.sample_rate
+    dataset = ShardTracks(tmp_path / "shards", None, job.data.image_size)
+    pieces = list(dataset.pieces(0))
+    assert len(pieces) == 10 and pieces[-1].last
+
+    streamed = _Recorder(build_model(job.model).eval())
+    track = StreamedTrack(pieces[0], window=window, stride=stride, sample_rate=rate)
+    for piece in pieces:
+        track.feed(piece, streamed, batch_size, torch.device("cpu"))
+        assert len(track.buffer.frames) <= window + 32
+    assert track.finished
+    stream_logits = track.stitcher.logits()
+
+    whole = _Recorder(streamed.model)
+    buffer = TrackBuffer(pieces[0], rate)
+    for piece in pieces:
+        buffer.add(piece)
+    assert len(buffer.frames) == 300
+    stitcher = LogitStitcher(300)
+    starts = window_starts(300, window, stride)
+    with torch.inference_mode():
+        for i in range(0, len(starts), batch_size):
+            batch = window_batch(buffer, starts[i : i + batch_size], window)
+            logits = whole(batch)["logits"].numpy()
+            for j, s in enumerate(starts[i : i + batch_size]):
+                stitcher.add(s, logits[j], batch.mask[j].numpy())
+
+    assert sorted(streamed.seen) == sorted(whole.seen) == starts
+    for s in starts:
+        for a, b in zip(streamed.seen[s], whole.seen[s], strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(stream_logits, stitcher.logits())
+    np.testing.assert_array_equal(track.buffer.labels, fit_labels := buffer.labels)
+    assert (fit_labels[:300] == labels_for(300)).all()
+    assert not track.buffer.face[100:140].any() and track.buffer.face[:100].all() and track.buffer.face[140:].all()
+
+
+def test_evaluate_says_so_when_a_prediction_file_lacks_its_last_lines(tmp_path, capsys):
+    """A submission cut short scores well on the frames it kept; the report names the file
+    and how many annotated frames went unscored, and full files give no warning."""
+    from mmexpr.labels import write_annotation, write_submission
+
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7] * 5)
+    write_annotation(tmp_path / "ann" / "vidA.txt", labels)
+    write_annotation(tmp_path / "ann" / "vidB.txt", labels)
+    write_submission(tmp_path / "pred" / "vidA.txt", "vidA", labels)
+    short = write_submission(tmp_path / "pred" / "vidB.txt", "vidB", labels)
+    lines = short.read_text().splitlines()
+    short.write_text("\n".join(lines[:-1]) + "\n")  # lost its last line
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {short}: 39 frames, 1 fewer than {tmp_path / 'ann' / 'vidB.txt'}" in out
+    assert "vidA.txt: " not in out.split("tracks,")[0]  # the full file is not flagged
+    write_submission(short, "vidB", labels)
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "ann")]) == 0
+    assert "warning" not in capsys.readouterr().out
+

@@ -202,3 +202,36 @@ def test_sweep_rejects_a_bad_value_before_anything_trains(capsys):
     assert "model.fusion" in err and "sideways" in err
     assert main(["sweep", job, "--grid", "model.fusion"]) == 2
     assert "KEY=V1,V2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_ui_stops_its_mlflow_server_on_sigterm_and_sigint(tmp_path, sig):
+    """`mmexpr ui` runs `mlflow server` (and its uvicorn workers) in a session of its own;
+    a SIGTERM or SIGINT to `ui` must end them too, not leave them serving."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "mmexpr.cli", "ui", "--tracking-uri", uri, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server: list = []
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        assert "http://127.0.0.1:" in "".join(lines), "".join(lines)
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server, "no mlflow server process under ui"
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=60)
+        gone, alive = psutil.wait_procs(server, timeout=30)
+        assert not alive, f"left running after {sig}: {[p.pid for p in alive]}"
+    finally:
+        for p in [*server, proc]:
+            if p.poll() is None if p is proc else p.is_running():
+                p.kill()

@@ -171,3 +171,34 @@ def test_slurm_job_preempted_mid_run_requeues_and_resumes_into_the_same_run(slur
     run = MlflowClient(f"sqlite:///{out}/mlflow.db").get_run(run_id)
     assert run.info.status == "FINISHED"
     assert _steps(slurm, run_id, out) == list(range(1, 31)), "steps repeated or missing across the restart"
+
+
+JOB_FILES = sorted((REPO / "mmexpr" / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job_file", JOB_FILES, ids=[p.stem for p in JOB_FILES])
+def test_every_shipped_job_passes_config_and_a_slurm_dry_run(job_file: Path, capsys, tmp_path, monkeypatch):
+    from mmexpr.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the dry run resolves output/ and shards/ relative to here, writing nothing
+    assert main(["config", str(job_file)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(job_file), "--on", "slurm", "--dry-run"]) == 0, capsys.readouterr().err
+    script = capsys.readouterr().out
+    from mmexpr.config import load_job
+
+    job = load_job(job_file)
+    gpus = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", script, re.M)
+    if job.train.use_gpu:
+        assert gpus is not None and int(gpus.group(1)) * job.slurm.nodes >= job.train.workers
+        assert f"NUM_GPUS={gpus.group(1)}\n" in script
+    else:
+        assert gpus is None and "NUM_GPUS=0\n" in script
+    assert not any(tmp_path.iterdir()), "a dry run must write nothing"
+
+
+def test_gpu_request_follows_the_workers_over_the_nodes_unless_set():
+    script = _dry_run("train.use_gpu=true", "train.workers=6", "slurm.nodes=2")
+    assert "#SBATCH --gpus-per-node=3\n" in script
+    script = _dry_run("train.use_gpu=true", "train.workers=2", "slurm.gpus_per_node=4")
+    assert "#SBATCH --gpus-per-node=4\n" in script

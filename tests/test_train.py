@@ -155,6 +155,24 @@ def test_bad_job_fails_before_any_worker_starts(demo_shards, tmp_path):
     assert ray.is_initialized() == ray_was_up, "the driver refused the job before starting Ray"
 
 
+def test_a_batch_that_cannot_fit_in_memory_fails_at_start_naming_the_keys(demo_shards, tmp_path):
+    """`--set data.window=100000` passes config validation; training refuses it before Ray
+    starts, from the batch's size, instead of dying later in Ray's out-of-memory killer."""
+    import psutil
+    import ray
+
+    from mmexpr.train.driver import TrainSetupError, batch_memory, run_training
+
+    ray_was_up = ray.is_initialized()
+    huge = _job(demo_shards, tmp_path / "out", "data.window=100000")
+    assert batch_memory(huge) * huge.train.workers > psutil.virtual_memory().total
+    with pytest.raises(TrainSetupError, match=r"data\.batch_size=4 x data\.window=100000 .*data\.image_size=64"):
+        run_training(huge)
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+    assert ray.is_initialized() == ray_was_up
+    assert batch_memory(_job(demo_shards, tmp_path / "out")) < 2**30  # the test jobs themselves are far below
+
+
 # ---------------------------------------------------------------- 2 workers, ZeRO-2
 
 
@@ -421,3 +439,98 @@ def test_demo_job_learns_well_above_chance_in_a_short_run(ray_local, tmp_path):
           f"(training mean 0), AU mean F1 {au:.4f} (all ones {all_ones:.4f}, all zeros 0)")
     assert va >= 0.3, va
     assert au >= all_ones + 0.1, (au, all_ones)
+
+# ---------------------------------------------------------------- corrupt checkpoints, pointer files
+
+
+@pytest.mark.slow
+def test_predict_checkpoint_accepts_best_and_latest_pointers_and_the_checkpoints_folder(trained_run, tmp_path, capsys):
+    """README's `predict --checkpoint runs/.../checkpoints/best`: the pointer files name a tag
+    folder beside them, and the checkpoints folder means its best checkpoint."""
+    import torch
+
+    from mmexpr.cli import main
+    from mmexpr.predict.weights import load_checkpoint
+
+    job, result = trained_run
+    ckpt_dir = result.run_dir / "checkpoints"
+    for place, tag in ((ckpt_dir / "best", result.best_checkpoint), (ckpt_dir / "latest", result.latest_checkpoint),
+                       (ckpt_dir, result.best_checkpoint)):
+        loaded = load_checkpoint(place)
+        assert loaded.source == str(tag), place
+        state = loaded.model.state_dict()
+        for name, value in ckpt.load_portable(tag)["weights"].items():
+            assert torch.allclose(state[name].float(), value.float()), (place, name)
+    out = tmp_path / "preds"
+    code = main(["predict", "--checkpoint", str(ckpt_dir / "best"), "--shards", job.data.shards,
+                 "--split", "validation", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert list(out.rglob("*.txt"))
+
+
+@pytest.mark.slow
+def test_a_truncated_optimizer_shard_of_the_newest_checkpoint_resumes_from_the_previous_intact_one(
+    resumed_run, tmp_path, capfd
+):
+    """One ZeRO optimizer shard of the newest checkpoint cut by 30% after it was published:
+    the resume names that file, continues from the checkpoint before it, finishes, moves
+    `best`/`latest` off the corrupt one and registers an intact one."""
+    from mmexpr.train.driver import run_training
+
+    job, _, second = resumed_run
+    copy = tmp_path / "out"
+    shutil.copytree(Path(job.output), copy)
+    ckpt_dir = copy / job.name / second.run_id / "checkpoints"
+    newest = ckpt.latest(ckpt_dir)
+    assert newest.name == ckpt.tag_for(24) and ckpt.problem(newest) is None
+    shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: int(len(data) * 0.7)])
+    ckpt._write_pointer(ckpt_dir, "best", newest.name)  # the worst case: best names it too
+
+    one = _job(Path(job.data.shards), copy, "train.workers=1", "train.max_steps=16")
+    result = run_training(one, resume="latest")
+    said = capfd.readouterr().out
+    assert str(shard) in said and "corrupt" in said
+    assert result.step == 16 and result.run_id == second.run_id
+    metrics = _client(result.tracking_uri).get_run(result.run_id).data.metrics
+    assert metrics["resume/from_step"] == 12
+    for pointer in ("best", "latest"):
+        target = ckpt_dir / (ckpt_dir / pointer).read_text().strip()
+        assert target.name != newest.name and ckpt.problem(target) is None, pointer
+    run = _client(result.tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and result.registered_version is not None
+
+
+# ---------------------------------------------------------------- lost samples
+
+
+@pytest.mark.slow
+def test_training_on_a_truncated_shard_stops_naming_it_and_is_neither_finished_nor_registered(
+    ray_local, demo_shards, tmp_path, capfd
+):
+    """A train shard cut by 30%: its sha256 no longer matches the manifest, so none of its
+    samples is read; the counts of both ranks are summed, printed and logged, and above
+    data.max_skipped the run stops with an error naming the shard. Its MLflow run is FAILED
+    and no model version is registered."""
+    from mmexpr.data.manifest import read_manifest
+    from mmexpr.store import local_store
+    from mmexpr.train.driver import DataLossError, run_training
+
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    manifest = read_manifest(shards / "train" / "manifest.json")
+    victim = shards / "train" / manifest.shards[0].url
+    data = victim.read_bytes()
+    victim.write_bytes(data[: int(len(data) * 0.7)])
+    out = tmp_path / "out"
+    job = _job(shards, out, "train.log_every=2", "track.register_model=mmexpr-lost-samples")
+    with pytest.raises(DataLossError, match=rf"{victim.name} \(\d+ skipped: .*sha256"):
+        run_training(job)
+    assert "data: train: skipped" in capfd.readouterr().out
+    client = _client(local_store(str(out))[0])
+    experiment = client.get_experiment_by_name(job.track.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["data/train_skipped"] > 0 and run.data.metrics["data/train_skipped_fraction"] > 0.01
+    assert not client.search_model_versions("name='mmexpr-lost-samples'")

@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from mmexpr.train import checkpoint as ckpt
 
 
@@ -66,3 +68,81 @@ def test_warmup_cosine_schedule_rises_then_decays_to_floor():
     falling = [f(s) for s in range(4, 21)]
     assert falling == sorted(falling, reverse=True)
     assert abs(f(20) - 0.05) < 1e-9
+
+
+# ---------------------------------------------------------------- integrity: sizes and sha256 recorded at publish
+
+
+def _publish_recorded(root: Path, step: int, when: float, f1: float | None = None) -> Path:
+    """A checkpoint as save() publishes it: shards and portable copy first, then meta.json
+    with the size and sha256 of each of them."""
+    tag = root / ckpt.tag_for(step)
+    tag.mkdir(parents=True)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(bytes(range(256)) * 40)
+    (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"\1" * 9000)
+    (tag / ckpt.PORTABLE).write_bytes(b"\2" * 5000)
+    ckpt.write_meta(tag, {"step": step, "time": when, "val_macro_f1": f1})
+    return tag
+
+
+def _truncate(path: Path, fraction: float = 0.3) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * (1 - fraction))])
+
+
+def test_a_truncated_shard_of_the_newest_checkpoint_is_named_and_the_previous_one_resumed(tmp_path):
+    from mmexpr.config import load_job
+    from mmexpr.train.driver import TrainSetupError, resolve_resume
+
+    run_dir = tmp_path / "run"
+    now = time.time()
+    _publish_recorded(run_dir / "checkpoints", 10, now)
+    newest = _publish_recorded(run_dir / "checkpoints", 20, now + 1)
+    ckpt._write_pointer(run_dir / "checkpoints", "latest", newest.name)
+    assert ckpt.problem(newest) is None and ckpt.latest_intact(run_dir / "checkpoints").name == newest.name
+    shard = newest / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    _truncate(shard)
+    said: list[str] = []
+    assert ckpt.latest_intact(run_dir / "checkpoints", said.append).name == ckpt.tag_for(10)
+    assert len(said) == 1 and str(shard) in said[0] and "6300 bytes, 9000 recorded" in said[0]
+    job = load_job(None, [f"output={tmp_path}"])
+    assert resolve_resume(job, str(run_dir)).tag.name == ckpt.tag_for(10)
+    with pytest.raises(TrainSetupError, match="corrupt checkpoint.*optim_states.pt"):
+        resolve_resume(job, str(newest))  # asked for by name: refused, not swapped
+
+
+def test_flipped_bytes_of_same_size_fail_verification_naming_the_file(tmp_path):
+    tag = _publish_recorded(tmp_path, 10, time.time())
+    data = bytearray((tag / ckpt.PORTABLE).read_bytes())
+    data[100:300] = bytes(b ^ 0xFF for b in data[100:300])
+    (tag / ckpt.PORTABLE).write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=r"portable\.pt: sha256 differs"):
+        ckpt.verify(tag)
+    (tag / ckpt.PORTABLE).unlink()
+    assert ckpt.problem(tag).endswith("portable.pt: missing")
+
+
+def test_best_and_latest_pointers_move_off_a_corrupt_checkpoint(tmp_path):
+    now = time.time()
+    _publish_recorded(tmp_path, 10, now, f1=0.4)
+    _publish_recorded(tmp_path, 20, now + 1, f1=0.6)
+    third = _publish_recorded(tmp_path, 30, now + 2, f1=0.8)
+    for name in ("best", "latest"):
+        ckpt._write_pointer(tmp_path, name, third.name)
+    _truncate(third / ckpt.PORTABLE)
+    said: list[str] = []
+    assert ckpt.best_intact(tmp_path, said.append).name == ckpt.tag_for(20)  # next best F1, intact
+    ckpt.repoint(tmp_path, said.append)
+    assert ckpt.best(tmp_path).name == ckpt.tag_for(20)
+    assert ckpt.latest(tmp_path).name == ckpt.tag_for(20)
+    assert any("portable.pt" in line for line in said)
+    for tag in (ckpt.tag_for(10), ckpt.tag_for(20)):
+        _truncate(tmp_path / tag / ckpt.PORTABLE)
+    ckpt.repoint(tmp_path, said.append)
+    assert not (tmp_path / "best").exists() and not (tmp_path / "latest").exists()  # nothing intact to point at
+    assert ckpt.latest_intact(tmp_path, said.append) is None and ckpt.best_intact(tmp_path, said.append) is None
+
+
+def test_checkpoints_saved_before_files_were_recorded_still_load(tmp_path):
+    old = _publish(tmp_path, 10, time.time())  # meta.json without a record of files
+    assert ckpt.problem(old) is None and ckpt.latest_intact(tmp_path).name == old.name

@@ -63,11 +63,16 @@ def measure_decode_bound(samples: list[dict[str, bytes]]) -> tuple[float, int, l
     return frames / (_cpu() - begin), frames, decoded
 
 
-def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, epochs: int) -> tuple[float, int]:
+def measure_loader(
+    shards: Path, face_size: int, window: int, batch_size: int, epochs: int, verify: bool = True
+) -> tuple[float, int]:
     from mmexpr.config import DataConfig
+    from mmexpr.data import loader as loader_module
     from mmexpr.data.loader import make_loader
 
-    data = DataConfig(window=window, image_size=face_size, batch_size=batch_size, loader_workers=0, shuffle_buffer=16)
+    loader_module._VERIFIED.clear()  # hash every shard again, as a fresh DataLoader worker would
+    data = DataConfig(window=window, image_size=face_size, batch_size=batch_size, loader_workers=0, shuffle_buffer=16,
+                      verify_shards=verify)
     loader = make_loader(str(shards), "train", data, train=True, seed=0)
     steps = loader.steps_per_epoch * epochs
     delivered = 0
@@ -188,6 +193,8 @@ def main(argv: list[str]) -> int:
         samples = _shard_members(shards, "train")
         bound, frames, decoded = measure_decode_bound(samples)
         loader_fps, delivered = measure_loader(shards, args.face_size, args.window, args.batch_size, args.epochs)
+        unchecked_fps, _ = measure_loader(shards, args.face_size, args.window, args.batch_size, args.epochs,
+                                          verify=False)
         folders, jpeg_bytes = write_jpeg_folder(work / "jpeg", decoded)
         cv_fps = measure_jpeg_windows(folders, _read_opencv, args.window, args.batch_size, args.epochs)
         pil_fps = measure_jpeg_windows(folders, _read_pil, args.window, args.batch_size, args.epochs)
@@ -203,6 +210,8 @@ def main(argv: list[str]) -> int:
         Ratio("bytes/frame: shard video / JPEG folder", (mp4_bytes / frames) / (jpeg_bytes / frames), 0.1,
               higher_is_better=False, detail=f"{mp4_bytes / frames:.0f} vs {jpeg_bytes / frames:.0f} B/frame"),
         Ratio("packing: s of video / CPU s", pack_speed, 10.0, detail=f"at {args.face_size} px, one Ray task's work"),
+        Ratio("loader with shard sha256 check / without", loader_fps / unchecked_fps, 0.95,
+              detail=f"{loader_fps:.0f} vs {unchecked_fps:.0f} frames/s, every shard hashed once per pass"),
     ]
     notes = [
         f"frames: {frames} in {len(samples)} train chunks of <= {args.chunk_frames}, {args.face_size} px; "

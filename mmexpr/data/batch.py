@@ -14,6 +14,9 @@ The training loader, prediction and the model's example input all build batches 
     labels     int64   [B, T] or None    class per frame, -1 = ignore; None when unlabelled
     va         float32 [B, T, 2] or None valence, arousal per frame, NaN = unknown
     au         int64   [B, T, 12] or None the 12 action units (0/1) per frame, -1 = unknown
+    face       bool    [B, T] or None    a face is visible (False: no face in that frame, a
+                                         missing visual input; its video frame is black);
+                                         None = every frame has one
 
 A fully masked window (an unreadable sample, or the padding that keeps every evaluation
 rank at the same number of batches) is all zeros with mask False.
@@ -54,6 +57,7 @@ class Batch:
     labels: torch.Tensor | None = None
     va: torch.Tensor | None = None
     au: torch.Tensor | None = None
+    face: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.track)
@@ -93,6 +97,7 @@ class BatchArrays:
         self.labels = np.full((batch_size, window), IGNORE, np.int64) if labelled else None
         self.va = np.full((batch_size, window, 2), np.nan, np.float32) if labelled else None
         self.au = np.full((batch_size, window, NUM_AUS), IGNORE, np.int64) if labelled else None
+        self.face = np.ones((batch_size, window), bool)
 
     def put(
         self,
@@ -107,10 +112,14 @@ class BatchArrays:
         au: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         audio_span: tuple[int, int] = (0, 0),
+        face: np.ndarray | None = None,
     ) -> None:
         """Window b: `frames` [n <= T, H, W, 3]; samples [a0, a1) of `audio` (a track's or a
-        chunk's waveform, on the clock of `frame_sample`) fill the start of its audio row."""
+        chunk's waveform, on the clock of `frame_sample`) fill the start of its audio row;
+        `face` [n] marks the frames that show a face (None: all do)."""
         n = len(frames)
+        if face is not None:
+            self.face[b, :n] = face
         self.video[b, :n] = frames.transpose(0, 3, 1, 2)
         self.mask[b, :n] = True
         self.fps[b] = fps
@@ -140,6 +149,7 @@ class BatchArrays:
             labels=tensor(self.labels),
             va=tensor(self.va),
             au=tensor(self.au),
+            face=torch.from_numpy(self.face),
         )
 
 

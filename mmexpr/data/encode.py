@@ -10,20 +10,23 @@ is shorter) as three members:
   sample round(first_frame * 16000 / fps) of the track, so frame k and audio sample
   round(k * 16000 / fps) are the same instant. A video without an audio stream gets a
   zero-length wav and `"has_audio": false`; the loader turns that into audio_len = 0.
-- `json`: video, track, first_frame, frames, fps, labels (-1 kept), words inside the
-  chunk (times in seconds from the start of the video), source path, has_audio; and, for a
-  track with VA or AU files, `va` ([v, a] per frame, null where unknown) and `au` (12 ints
-  per frame, -1 unknown). An absent key means the task is unknown for every frame.
+- `json`: video, track, first_frame, frames, fps, labels (-1 kept), face (1 where a face
+  is visible in the frame, 0 where not), words inside the chunk (times in seconds from the
+  start of the video), source path, has_audio; and, for a track with VA or AU files, `va`
+  ([v, a] per frame, null where unknown) and `au` (12 ints per frame, -1 unknown). An
+  absent key means the task is unknown for every frame.
 
-Where the face comes from, per track:
-- `cropped_aligned/<track>/<00001>.jpg` when that folder exists (a missing crop, which
-  Aff-Wild2 has where no face was detected, becomes a black frame: the label stays);
+Where the face comes from, per track (`track_face`, the one place that decides):
+- `cropped_aligned/<track>/<00001>.jpg` when that folder exists; a missing crop, which
+  Aff-Wild2 has where no face was detected (often hundreds in a row), is no face: a black
+  frame with face 0, which the model treats as a missing visual input (its label stays);
 - otherwise the whole frame resized to face_size x face_size, or, for a two-person video
   without crops, the left half of the frame for `<name>_left` and the right half for
   `<name>_right`. That is a crude stand-in for a face tracker and is documented as such.
 
-Encoding runs single-threaded (`threads=1`, bitexact muxing) so the same input gives the
-same bytes; parallelism comes from packing many videos at once.
+Encoding and scaling run single-threaded (`threads=1`, bitexact scaling and muxing) and
+fresh memory is filled with a fixed byte (`fixed_fresh_memory`), so the same input gives
+the same bytes; parallelism comes from packing many videos at once.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.sources import TrackSource, VideoJob
 from mmexpr.labels import IGNORE, NUM_CLASSES, TASKS, FitResult, LabelFileError, fit_to_frames
 
 SAMPLE_RATE = 16000
+SCALE_EXACT = Interpolation.BILINEAR | Interpolation.BITEXACT
+M_PERTURB = -6  # mallopt parameter of glibc's malloc.h
+PERTURB_BYTE = 0x5A
 
 
 class VideoReadError(Exception):
@@ -74,6 +80,7 @@ class Sample:
     frames: int
     label_counts: list[int]  # per class 0..7, then ignored (-1)
     task_stats: dict = field(default_factory=dict)  # {"va": [...], "au": [...]}: see task_stats
+    faceless: int = 0  # frames without a face
 
 
 @dataclass
@@ -90,7 +97,18 @@ class VideoResult:
 
 def sample_key(track: str, first_frame: int) -> str:
     """WebDataset splits keys at the first dot, so dots in a track name become underscores."""
-    return f"{track.replace('.', '_')}_{first_frame:06d}"
+    return f"{safe_track(track)}_{first_frame:06d}"
+
+
+def safe_track(track: str) -> str:
+    return track.replace(".", "_")
+
+
+def track_of_key(key: str, by_safe_name: dict[str, str]) -> str:
+    """The track a sample key belongs to: the inverse of `sample_key`, given
+    `{safe_track(t): t}` for the split's tracks."""
+    stem = key.rsplit("_", 1)[0]
+    return by_safe_name.get(stem, stem)
 
 
 def video_rate(stream: av.video.stream.VideoStream) -> Fraction:
@@ -148,34 +166,70 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
     return mono
 
 
-def _crop_frame(folder: str, index: int, size: int) -> np.ndarray:
+def _crop_frame(folder: str, index: int, size: int) -> np.ndarray | None:
     from PIL import Image
 
     path = Path(folder) / f"{index + 1:05d}.jpg"
     if not path.is_file():
-        return np.zeros((size, size, 3), np.uint8)
+        return None
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
 
 
+def track_face(track: TrackSource, frame: av.VideoFrame | None, index: int, size: int) -> np.ndarray | av.VideoFrame | None:
+    """The track's face in source frame `index`: an RGB crop (or the source frame, for a track
+    that is the whole picture), or None when the frame shows no face (a crop Aff-Wild2 left
+    out). Every source of faces (crop folders, halves, a face tracker) answers here."""
+    if track.crops is not None:
+        return _crop_frame(track.crops, index, size)
+    assert frame is not None
+    if track.side:
+        rgb = frame.to_ndarray(format="rgb24", threads=1, interpolation=SCALE_EXACT)
+        half = rgb.shape[1] // 2
+        return np.ascontiguousarray(rgb[:, :half] if track.side == "left" else rgb[:, half:])
+    return frame
+
+
 def _face(
     track: TrackSource, frame: av.VideoFrame | None, index: int, size: int, scaler: VideoReformatter
-) -> av.VideoFrame:
-    """The track's face for one source frame, as a yuv420p frame ready for the encoder.
+) -> tuple[av.VideoFrame, bool]:
+    """The track's face for one source frame as a yuv420p frame ready for the encoder, and
+    whether a face is there (no face: a black frame).
 
     One reformatter per track keeps its scaling context between frames; building a new
-    one per frame (what VideoFrame.reformat does) costs more than the encoding.
+    one per frame (what VideoFrame.reformat does) costs more than the encoding. Scaling is
+    single-threaded and bitexact: swscale's default picks its thread count from the CPUs it
+    finds and slices the picture by it, which changed pixels between packs of one corpus.
     """
-    if track.crops is not None:
-        frame = av.VideoFrame.from_ndarray(_crop_frame(track.crops, index, size), format="rgb24")
-    elif track.side:
-        assert frame is not None
-        rgb = frame.to_ndarray(format="rgb24")
-        half = rgb.shape[1] // 2
-        part = rgb[:, :half] if track.side == "left" else rgb[:, half:]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(part), format="rgb24")
-    assert frame is not None
-    return scaler.reformat(frame, width=size, height=size, format="yuv420p", interpolation="BILINEAR")
+    face = track_face(track, frame, index, size)
+    present = face is not None
+    if face is None:
+        face = np.zeros((size, size, 3), np.uint8)
+    if isinstance(face, np.ndarray):
+        face = av.VideoFrame.from_ndarray(face, format="rgb24")
+    return scaler.reformat(face, width=size, height=size, format="yuv420p", interpolation=SCALE_EXACT,
+                           threads=1), present
+
+
+def fixed_fresh_memory() -> None:
+    """Make glibc fill every block it hands out with one fixed byte, in this process.
+
+    x264 reads memory it has not written yet (faces whose chroma rows are not a multiple
+    of 32 bytes wide, e.g. 56 for 112-pixel faces), so the same pixels gave other
+    bitstreams from one pack to the next, depending on what the allocator left there.
+    M_PERTURB makes those bytes the same every time; without glibc nothing changes.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_PERTURB, PERTURB_BYTE)
+    except (OSError, AttributeError):
+        return
 
 
 def source_frames(path: str, decode: bool) -> Iterator[av.VideoFrame | None]:
@@ -231,10 +285,12 @@ class ChunkEncoder:
         self.rate = rate
         self.pending: list[av.VideoFrame] = []
         self.chunks: list[tuple[int, int, bytes]] = []  # (first_frame, frames, mp4)
+        self.face: list[int] = []  # per frame of the track: 1 face present, 0 none
         self.next_first = 0
 
-    def add(self, face: av.VideoFrame) -> None:
+    def add(self, face: av.VideoFrame, present: bool = True) -> None:
         self.pending.append(face)
+        self.face.append(int(present))
         if len(self.pending) == self.settings.chunk_frames:
             self.flush()
 
@@ -300,8 +356,10 @@ def _task_json(va: np.ndarray | None, au: np.ndarray | None) -> dict:
 
 def fit_tasks(track: TrackSource, frames: int) -> tuple[FitResult, dict[str, np.ndarray | None]]:
     """Every task's labels of a track fitted to the decoded frame count (LabelFileError naming
-    the file when one is too far off); VA is padded with NaN, the others with -1."""
-    fit = fit_to_frames(track.labels, frames, source=track.annotation)
+    the file when one is too far off); VA is padded with NaN, the others with -1. A track
+    without an annotation file (a test-list track) has every EXPR label unknown."""
+    labels_in = track.labels if track.annotation else np.full(frames, IGNORE, np.int64)
+    fit = fit_to_frames(labels_in, frames, source=track.annotation)
     files = dict(track.task_files)
     other: dict[str, np.ndarray | None] = {}
     for task in TASKS[1:]:
@@ -331,6 +389,7 @@ def _chunk_audio(audio: np.ndarray | None, first: int, frames: int, fps: float, 
 def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
     """All samples of one video (one Ray task). A video that cannot be read is skipped whole."""
     result = VideoResult(job.video, job.split)
+    fixed_fresh_memory()
     try:
         rate = open_rate(job.path)
         encoders = {t.name: ChunkEncoder(settings, rate) for t in job.tracks}
@@ -339,7 +398,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         frames = 0
         for index, frame in enumerate(source_frames(job.path, decode)):
             for track in job.tracks:
-                encoders[track.name].add(_face(track, frame, index, settings.face_size, scalers[track.name]))
+                encoders[track.name].add(*_face(track, frame, index, settings.face_size, scalers[track.name]))
             frames = index + 1
         audio = read_audio(job.path, settings.sample_rate)
     except (VideoReadError, av.error.FFmpegError) as exc:
@@ -359,6 +418,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         for first, count, mp4 in encoder.chunks:
             labels = fit.labels[first : first + count]
             va, au = (None if other[t] is None else other[t][first : first + count] for t in ("va", "au"))
+            face = encoder.face[first : first + count]
             meta = {
                 "video": job.video,
                 "track": track.name,
@@ -366,6 +426,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "frames": count,
                 "fps": fps,
                 "labels": [int(v) for v in labels],
+                "face": face,
                 "words": _chunk_words(job, first, count, fps),
                 "source": job.path,
                 "annotation": track.annotation,
@@ -380,6 +441,9 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "wav": wav,
             }
             result.samples.append(
-                Sample(sample_key(track.name, first), members, count, _label_counts(labels), task_stats(va, au))
+                Sample(
+                    sample_key(track.name, first), members, count, _label_counts(labels), task_stats(va, au),
+                    count - sum(face),
+                )
             )
     return result

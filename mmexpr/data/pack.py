@@ -37,7 +37,7 @@ import numpy as np
 
 from mmexpr.data.encode import PackSettings, VideoResult, pack_video
 from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
-from mmexpr.data.sources import Discovery, Skipped, SourceError, VideoJob, discover
+from mmexpr.data.sources import EXPECTED_SHAPE, Discovery, Skipped, SourceError, VideoJob, discover
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
 from mmexpr.progress import Progress
@@ -59,6 +59,7 @@ class SplitSummary:
     frames: int = 0
     shards: int = 0
     bytes: int = 0
+    faceless: int = 0  # frames without a face (missing crops)
     already_packed: bool = False
     tasks: dict = field(default_factory=dict)  # the manifest's per-task label statistics
 
@@ -88,11 +89,12 @@ class PackSummary:
             lines = [f"{self.out}: already packed with these settings, nothing to do"]
         else:
             lines = [f"packed into {self.out} in {self.seconds:.1f} s"]
-        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'shards':>8}{'MB':>9}")
+        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'no face':>9}"
+                     f"{'shards':>8}{'MB':>9}")
         for s in self.splits.values():
             note = "  (already packed)" if s.already_packed else ""
             lines.append(
-                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.shards:>8}"
+                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.faceless:>9}{s.shards:>8}"
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
         lines += [s.task_line() for s in self.splits.values() if s.tasks]
@@ -176,6 +178,7 @@ def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
                 "label_counts": s.label_counts,
                 "track": json.loads(s.members["json"])["track"],
                 "task_stats": s.task_stats,
+                "faceless": s.faceless,
                 "bytes": sum(_member_bytes(d) for d in s.members.values()),
             }
             for s in result.samples
@@ -275,7 +278,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
         pending = {task.remote(job, settings): job for job in jobs}
-        total_frames = sum(max(len(t.labels) for t in job.tracks) for job in jobs)
+        sizes = [max(len(t.labels) for t in job.tracks) for job in jobs]
+        total_frames = sum(sizes) if all(sizes) else None  # a test-list video's length is known once packed
         videos = 0
         with Progress(total_frames, "pack", "frame", enabled=progress) as bar:
             while pending:
@@ -297,7 +301,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
 # ---------------------------------------------------------------- shards + manifest
 
 
-def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str, dict], run: dict, skipped: list[Skipped]) -> Manifest:
+def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str, dict], run: dict,
+              skipped: list[Skipped], listed: list[str] | None = None) -> Manifest:
     limit = float(run["shard_mb"]) * 1e6
     groups: list[list[tuple[str, dict]]] = [[]]  # per shard: (video, sample meta)
     size = 0
@@ -339,7 +344,18 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         for sample in metas[job.video]["samples"]:
             histogram += np.asarray(sample["label_counts"])
     tracks = sorted({t for job in jobs for t in metas[job.video]["tracks"]})
-    samples = [sample for job in jobs for sample in metas[job.video]["samples"]]
+    faceless: dict[str, int] = {t: 0 for t in tracks}
+    for job in jobs:
+        for sample in metas[job.video]["samples"]:
+            faceless[sample["track"]] += int(sample.get("faceless", 0))
+    extra = {
+        "videos": sum(1 for job in jobs if metas[job.video]["samples"]),
+        "faceless_frames": {"total": sum(faceless.values()), "tracks": faceless},
+        "tasks": split_task_stats([sample for job in jobs for sample in metas[job.video]["samples"]]),
+    }
+    if listed is not None:
+        packed = set(tracks)
+        extra["test_list"] = {"tracks": listed, "missing": [t for t in listed if t not in packed]}
     return Manifest(
         split=split,
         root=str(split_dir),
@@ -348,7 +364,7 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         label_histogram=histogram.tolist(),
         tracks=tuple(tracks),
         skipped=tuple(s.to_dict() for s in skipped),
-        extra={"videos": sum(1 for job in jobs if metas[job.video]["samples"]), "tasks": split_task_stats(samples)},
+        extra=extra,
     )
 
 
@@ -376,26 +392,12 @@ def split_task_stats(samples: list[dict]) -> dict:
     return out
 
 
-def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob], ann_root: Path) -> list[Skipped]:
-    """Inputs this split left out: its own annotation problems, video problems, global ones."""
-    split_folder_skips = [s for s in found.skipped if _in_split_folder(s.path, ann_root) and _split_of(s.path) == split]
-    global_skips = [s for s in found.skipped if not _in_split_folder(s.path, ann_root)]
-    task_skips = [Skipped(d["path"], d["reason"]) for job in jobs for d in metas[job.video]["skipped"]]
-    return split_folder_skips + task_skips + global_skips
-
-
-def _in_split_folder(path: str, ann_root: Path) -> bool:
-    """annotations/<Split_Set>/x.txt or annotations/<Challenge>/<Split_Set>/x.txt."""
-    from mmexpr.data.sources import CHALLENGE_TASKS
-
-    parent = Path(path).parent.parent
-    return parent == ann_root or (parent.parent == ann_root and parent.name in CHALLENGE_TASKS)
-
-
-def _split_of(path: str) -> str:
-    from mmexpr.data.sources import split_name
-
-    return split_name(Path(path).parent.name)
+def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob]) -> list[Skipped]:
+    """Inputs this split left out: its own annotation or test-list problems, video problems,
+    and the ones of no one split."""
+    own = [s for s in found.skipped if s.split == split]
+    task_skips = [Skipped(d["path"], d["reason"], split) for job in jobs for d in metas[job.video]["skipped"]]
+    return own + task_skips + [s for s in found.skipped if not s.split]
 
 
 def pack_corpus(
@@ -410,8 +412,11 @@ def pack_corpus(
     ray_address: str | None = None,
     progress: bool = True,
     num_cpus: int | None = None,
+    annotations: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
 ) -> PackSummary:
-    """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json."""
+    """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json; with
+    `test_list`, also split `test`: the listed tracks, every label -1."""
     if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0:
         raise UserError(
             f"pack settings: chunk_frames={chunk_frames} (>= 1), face_size={face_size} (even, >= 16), "
@@ -420,10 +425,10 @@ def pack_corpus(
     begin = time.perf_counter()
     settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
     run = _run_settings(settings, shard_mb)
-    found = discover(source, splits)
+    found = discover(source, splits, annotations=annotations, test_list=test_list)
     if not found.jobs:
         reasons = "\n".join(f"  {s.path}: {s.reason}" for s in found.skipped) or "  (no annotation files)"
-        raise SourceError(f"{source}: nothing packable\n{reasons}")
+        raise SourceError(f"{source}: nothing packable\n{reasons}\n  {EXPECTED_SHAPE}")
     out = Path(out)
     summary = PackSummary(out=str(out))
     jobs_by_split = {split: [j for j in found.jobs if j.split == split] for split in found.splits()}
@@ -450,15 +455,15 @@ def pack_corpus(
     warn_fitted(
         [(n, FitResult(np.zeros(0, np.int64), p, t)) for m in metas.values() for n, p, t in m["fitted"]]
     )
-    ann_root = Path(source) / "annotations"
     for split in todo_splits:
         jobs = jobs_by_split[split]
-        skipped = _split_skipped(found, split, metas, jobs, ann_root)
+        skipped = _split_skipped(found, split, metas, jobs)
         summary.skipped += [s for s in skipped if s not in summary.skipped]
         if not any(metas[j.video]["samples"] for j in jobs):
             summary.splits[split] = SplitSummary(split)
             continue
-        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped)
+        listed = found.test_tracks if split == "test" and test_list is not None else None
+        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped, listed)
         write_manifest(manifest, out / split)
         shutil.rmtree(out / split / WORK, ignore_errors=True)
         summary.splits[split] = SplitSummary(
@@ -470,6 +475,7 @@ def pack_corpus(
             shards=len(manifest.shards),
             bytes=sum(s.bytes for s in manifest.shards),
             tasks=manifest.task_stats(),
+            faceless=manifest.extra["faceless_frames"]["total"],
         )
     if not any(s.samples or s.already_packed for s in summary.splits.values()):
         raise SourceError(f"{source}: nothing packable\n" + "\n".join(f"  {s.path}: {s.reason}" for s in summary.skipped))
@@ -489,6 +495,7 @@ def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) ->
         frames=m.frames,
         shards=len(m.shards),
         bytes=sum(s.bytes for s in m.shards),
+        faceless=int(m.extra.get("faceless_frames", {}).get("total", 0)),
         already_packed=True,
         tasks=m.task_stats(),
     )

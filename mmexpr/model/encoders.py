@@ -215,7 +215,7 @@ class VisualEncoder(_Encoder):
         """uint8 [N,3,H,W] -> normalised float pixels at the encoder's image size.
 
         On CPU the resize runs on uint8 (torch has a vectorised uint8 antialiased bilinear
-        kernel, ~4x faster than float) and /255, mean and std fold into one multiply-add:
+        kernel, much faster than the float one) and /255, mean and std fold into one multiply-add:
         with tiny encoders this preprocessing would otherwise cost more than the encoder.
         """
         size = self.image_size
@@ -273,8 +273,8 @@ def build_visual(spec: EncoderConfig, preset: str, field: str = "model.visual") 
 
     The tiny preset builds a small random CLIP vision tower, or a small ResNet when the name
     says `resnet`. The demo uses the ResNet: trained from scratch for a few hundred steps at
-    64 px, the 2-layer ViT's loss stayed flat on the demo faces (video-only macro F1 0.03-0.08
-    at 300 steps, patch 8 or 16) while the ResNet learned (0.27 video only, 0.65 with audio).
+    64 px, the 2-layer ViT's loss stayed flat on the demo faces while the ResNet learned
+    (README, "What ./launch demo does", has the figures).
     """
     from transformers import (
         AutoConfig,

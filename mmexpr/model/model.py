@@ -113,7 +113,10 @@ class ExprModel(nn.Module):
         has labels (padded frames ignored)."""
         mask = batch.mask.bool()
         frames = mask.shape[1]
-        video_mask = mask
+        # A frame without a face is a missing visual input: masked in the visual stream and
+        # in fusion, so the audio alone carries it (and it still gets logits).
+        visible = mask if batch.face is None else mask & batch.face.bool()
+        video_mask = visible
         audio_mask = torch.zeros_like(mask)
         v = a = None
         if self.visual is not None:
@@ -121,6 +124,7 @@ class ExprModel(nn.Module):
             b, t = video.shape[:2]
             feats = self.visual(video.reshape(b * t, *video.shape[2:])).view(b, t, -1)
             v = self.visual_proj(feats.to(self.visual_proj.weight.dtype))
+            v = v * visible.unsqueeze(-1).to(v.dtype)
         if self.audio is not None:
             feats, feat_len = self.audio(batch.audio, batch.audio_len)
             a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
@@ -133,7 +137,7 @@ class ExprModel(nn.Module):
                 video_mask, audio_mask, self.cfg.modality_dropout
             )
         if v is not None:
-            v = self.temporal(v, mask)
+            v = self.temporal(v, visible)
             fused = self.fusion(v, a, video_mask, audio_mask).fused if a is not None else v
         else:
             a = self.temporal(a, mask)

@@ -15,9 +15,14 @@ batches of them, averages the logits of every frame over the windows that saw it
 AU probabilities become 0/1 at the model's per-AU thresholds (tuned on validation by training
 and saved with the checkpoint; 0.5 for a model that never evaluated).
 
-Every frame gets a label: frames without a face were packed as black frames (Aff-Wild2's
-missing crops) and go through the model like any other, and frames no window could read
-(a corrupt chunk) take their nearest neighbour's logits. With `stride == window` and shards
+Tracks are streamed chunk by chunk (tracks.py): only the frames of the windows still to
+run are held, so a 30-minute video needs no more memory than a short one.
+
+Every frame gets a label: frames without a face (Aff-Wild2's missing crops, flagged face=0)
+go through the model as a missing visual input that the audio carries, and frames no
+window could read (a corrupt chunk) take their nearest neighbour's logits. `--zip` also
+writes OUT/<task>/submission.zip, the archive ABAW uploads for that task's challenge. A track a test list named but pack
+could not find is reported in the summary and predict.json. With `stride == window` and shards
 packed in chunks that are a multiple of the window, the windows are exactly those of the
 training evaluation, so predict -> evaluate reproduces the macro F1 training logged.
 """
@@ -31,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mmexpr.data.batch import Batch, BatchArrays
 from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, write_task_submission
 from mmexpr.metrics import Scores, TaskScores, au_score, score, va_score
-from mmexpr.predict.tracks import ShardTracks, Track, VideoTracks
+from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
 
@@ -62,6 +67,7 @@ class PredictOptions:
     tracking_uri: str | None = None
     output: str = "runs"
     progress: bool = True
+    zip: bool = False  # also write OUT/submission.zip, the archive ABAW uploads
 
 
 @dataclass
@@ -78,6 +84,7 @@ class PredictSummary:
     scores: Scores | None = None  # EXPR, when the inputs carry labels (shards, annotated videos)
     task_scores: TaskScores = field(default_factory=TaskScores)  # every task with labels in the input
     tasks: tuple[str, ...] = ("expr",)
+    archive: str = ""
 
     def __str__(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
@@ -88,6 +95,8 @@ class PredictSummary:
             f"wrote {', '.join(f'{self.out}/{t}/' for t in self.tasks)}: <track>.txt (ABAW submission) and "
             "<track>.npy (per-frame outputs)",
         ]
+        if self.archive:
+            lines.append(f"archive(s) to upload: {self.archive}")
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  {p}" for p in self.problems[:20]]
@@ -107,15 +116,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(track: Track, starts: list[int], window: int, sample_rate: int) -> Batch:
+def window_batch(buffer: TrackBuffer, starts: list[int], window: int) -> Batch:
     """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
-    arrays = BatchArrays(len(starts), window, track.frames.shape[1:3], sample_rate, labelled=False)
-    n = len(track.frames)
+    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False)
     for i, s in enumerate(starts):
-        e = min(s + window, n)
-        arrays.put(i, track.frames[s:e], fps=track.fps, start=s, track=track.name,
-                   audio=track.audio if track.has_audio else None,
-                   audio_span=track.audio_span(s, e, sample_rate))
+        e = min(s + window, buffer.total)
+        arrays.put(i, buffer.window(s, e), fps=buffer.fps, start=s, track=buffer.name,
+                   audio=buffer.audio if buffer.has_audio else None,
+                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e])
     return arrays.batch()
 
 
@@ -125,33 +133,6 @@ OUTPUTS = {"expr": ("logits", NUM_CLASSES), "va": ("va", 2), "au": ("au_logits",
 
 def model_tasks(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "tasks", ("expr",)))
-
-
-@torch.inference_mode()
-def track_outputs(
-    model: torch.nn.Module,
-    track: Track,
-    *,
-    window: int,
-    stride: int,
-    batch_size: int,
-    sample_rate: int,
-    device: torch.device,
-) -> dict[str, np.ndarray]:
-    """Each task's output of one track averaged over overlapping windows: expr logits [frames, 8],
-    va values [frames, 2], au logits [frames, 12]."""
-    tasks = model_tasks(model)
-    stitchers = {t: LogitStitcher(len(track.frames), OUTPUTS[t][1]) for t in tasks}
-    starts = window_starts(len(track.frames), window, stride)
-    for i in range(0, len(starts), batch_size):
-        part = starts[i : i + batch_size]
-        batch = window_batch(track, part, window, sample_rate)
-        out = model(batch.to(device))
-        for task in tasks:
-            values = out[OUTPUTS[task][0]].float().cpu().numpy()
-            for j, s in enumerate(part):
-                stitchers[task].add(s, values[j], batch.mask[j].numpy())
-    return {t: st.logits() for t, st in stitchers.items()}
 
 
 def au_thresholds(model: torch.nn.Module) -> np.ndarray:
@@ -176,13 +157,61 @@ def task_predictions(outputs: dict[str, np.ndarray], thresholds: np.ndarray) -> 
     return out
 
 
-def _identity(items: list) -> list:
-    return items[0]
+class StreamedTrack:
+    """One track's windows, run as soon as all their frames have arrived, in batches of the
+    same windows a whole-track pass would form; the frames no window still needs are dropped.
+    Each of the model's tasks has its own stitcher (expr logits, va values, au logits)."""
+
+    def __init__(self, first: Piece, *, window: int, stride: int, sample_rate: int,
+                 tasks: tuple[str, ...] = ("expr",)) -> None:
+        self.buffer = TrackBuffer(first, sample_rate)
+        self.window = window
+        self.starts = window_starts(first.total, window, stride)
+        self.next = 0
+        self.stitchers = {t: LogitStitcher(first.total, OUTPUTS[t][1]) for t in tasks}
+
+    @property
+    def stitcher(self) -> LogitStitcher:
+        """The EXPR stitcher (the one a model of the EXPR task alone has)."""
+        return self.stitchers["expr"]
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Each task's output averaged over the windows that saw each frame."""
+        return {t: st.logits() for t, st in self.stitchers.items()}
+
+    @property
+    def finished(self) -> bool:
+        return self.buffer.done and self.next == len(self.starts)
+
+    def _arrived(self) -> int:
+        """Windows from `next` on whose frames are all here."""
+        b = self.buffer
+        n = self.next
+        while n < len(self.starts) and (b.done or min(self.starts[n] + self.window, b.total) <= b.received):
+            n += 1
+        return n - self.next
+
+    @torch.inference_mode()
+    def feed(self, piece: Piece, model: torch.nn.Module, batch_size: int, device: torch.device) -> None:
+        self.buffer.add(piece)
+        while (ready := self._arrived()) >= batch_size or (ready and self.buffer.done):
+            part = self.starts[self.next : self.next + min(ready, batch_size)]
+            batch = window_batch(self.buffer, part, self.window)
+            out = model(batch.to(device))
+            values = {t: out[OUTPUTS[t][0]].float().cpu().numpy() for t in self.stitchers}
+            for j, s in enumerate(part):
+                valid = batch.mask[j].numpy().copy()
+                e = min(s + self.window, self.buffer.total)
+                valid[: e - s] &= self.buffer.readable[s:e]
+                for task, stitcher in self.stitchers.items():
+                    stitcher.add(s, values[task][j], valid)
+            self.next += len(part)
+        self.buffer.drop_before(self.starts[self.next] if self.next < len(self.starts) else self.buffer.total)
 
 
 def predict_dataset(
     model: torch.nn.Module,
-    dataset: Dataset,
+    dataset: TrackPieces,
     out: str | Path,
     *,
     window: int,
@@ -192,36 +221,44 @@ def predict_dataset(
     device: torch.device,
     workers: int = 1,
     progress: bool = True,
-) -> tuple[int, int, list[str], Scores | None]:
+) -> tuple[int, int, list[str], TaskScores]:
     """Predict every track of `dataset` and write each task's files; (tracks, frames, problems,
-    scores of every task whose labels the input has)."""
+    scores of every task whose labels the input has).
+
+    Pieces of up to `workers` tracks arrive interleaved; each track keeps its own buffer and
+    is written as soon as its last window has run."""
     out = Path(out)
     tasks = model_tasks(model)
     for task in tasks:
         (out / task).mkdir(parents=True, exist_ok=True)
     thresholds = au_thresholds(model)
-    loader = DataLoader(dataset, batch_size=1, collate_fn=_identity, num_workers=workers, shuffle=False)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None)
     tracks = frames = 0
     problems: list[str] = []
     truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     guesses: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    with Progress(len(dataset), "predict", "video", enabled=progress) as bar:
-        for item in loader:
-            for track in item:
-                outputs = track_outputs(
-                    model, track, window=window, stride=stride, batch_size=batch_size,
-                    sample_rate=sample_rate, device=device,
-                )
-                for task, (values, saved) in task_predictions(outputs, thresholds).items():
-                    write_task_submission(out / task / f"{track.name}.txt", task, track.name, values)
-                    np.save(out / task / f"{track.name}.npy", saved)
-                    known = track.task_labels(task)
-                    if known is not None:
-                        truth[task].append(known)
-                        guesses[task].append(values)
-                tracks += 1
-                frames += len(track.frames)
-                problems += track.problems
+    open_tracks: dict[str, StreamedTrack] = {}
+    with Progress(len(dataset.names), "predict", "track", enabled=progress) as bar:
+        for piece in loader:
+            track = open_tracks.get(piece.track)
+            if track is None:
+                track = open_tracks[piece.track] = StreamedTrack(piece, window=window, stride=stride,
+                                                                 sample_rate=sample_rate, tasks=tasks)
+            track.feed(piece, model, batch_size, device)
+            if not track.finished:
+                continue
+            del open_tracks[piece.track]
+            buffer = track.buffer
+            for task, (values, saved) in task_predictions(track.outputs(), thresholds).items():
+                write_task_submission(out / task / f"{buffer.name}.txt", task, buffer.name, values)
+                np.save(out / task / f"{buffer.name}.npy", saved)
+                known = buffer.task_labels(task)
+                if known is not None:
+                    truth[task].append(known)
+                    guesses[task].append(values)
+            tracks += 1
+            frames += buffer.total
+            problems += buffer.summary_problems()
             bar.update(1, frames=frames)
     return tracks, frames, problems, _input_scores(truth, guesses)
 
@@ -232,6 +269,19 @@ def _input_scores(truth: dict[str, list[np.ndarray]], guesses: dict[str, list[np
         task: scorers[task](np.concatenate(truth[task]), np.concatenate(guesses[task]))
         for task in truth if truth[task]
     })
+
+
+def write_zip(out: Path, tracks: list[str]) -> Path:
+    """The archive ABAW uploads for one task's folder: one <track>.txt per track at its root."""
+    import zipfile
+
+    path = out / "submission.zip"
+    tmp = out / ".submission.zip.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in tracks:
+            z.write(out / f"{name}.txt", f"{name}.txt")
+    tmp.replace(path)
+    return path
 
 
 def check_out(out: Path) -> None:
@@ -246,16 +296,19 @@ def check_out(out: Path) -> None:
         )
 
 
-def pack_settings_of(job) -> PackSettings:
+def pack_settings_of(job) -> PackSettings | None:
     """The settings the model's training shards were packed with, so raw videos are cropped and
-    compressed the same way; pack's defaults when those shards are not here."""
+    compressed the same way (shards from before the face tracker took the whole frame); None
+    when those shards are not here."""
     from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
 
     try:
         settings = read_manifest(manifest_path(job.data.shards, job.data.train_split)).settings
-        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]))
+        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]),
+                            faces=str(settings.get("faces", "frame")),
+                            min_face=int(settings.get("min_face", PackSettings.min_face)))
     except (ManifestError, KeyError, ValueError, OSError):
-        return PackSettings()
+        return None
 
 
 def load_model(opts: PredictOptions):
@@ -283,8 +336,10 @@ def predict(opts: PredictOptions) -> PredictSummary:
     stride = opts.stride or max(1, window // 2)
     if not 1 <= stride <= window:
         raise UserError(f"--stride {stride}: must be between 1 and the window ({window})")
+    missing: list[str] = []
     if opts.shards:
-        dataset: Dataset = ShardTracks(opts.shards, opts.splits, job.data.image_size)
+        dataset: TrackPieces = ShardTracks(opts.shards, opts.splits, job.data.image_size)
+        missing = dataset.missing_listed()
     else:
         dataset = VideoTracks(opts.videos, job.data.image_size, pack_settings_of(job), opts.video_names)
     tracks, frames, problems, task_scores = predict_dataset(
@@ -302,11 +357,14 @@ def predict(opts: PredictOptions) -> PredictSummary:
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
         seconds=time.perf_counter() - begin, window=window, stride=stride, device=str(device),
-        problems=problems, scores=task_scores.expr, task_scores=task_scores, tasks=model_tasks(model),
+        problems=missing + problems, scores=task_scores.expr, task_scores=task_scores, tasks=model_tasks(model),
     )
+    if opts.zip:
+        summary.archive = ", ".join(str(write_zip(Path(opts.out) / t, dataset.names)) for t in model_tasks(model))
     meta = {
         "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
-        "input": opts.shards or opts.videos, "problems": problems, "tasks": list(model_tasks(model)),
+        "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
+        "tasks": list(model_tasks(model)),
         "macro_f1": task_scores.expr.macro_f1 if task_scores.expr else None,
         "scores": {t: task_scores.abaw(t) for t in task_scores.present()},
         "au_thresholds": au_thresholds(model).tolist() if "au" in model_tasks(model) else None,

@@ -139,6 +139,7 @@ def serve_forever(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 500
     from mmexpr import store
 
     server = start_ui(tracking_uri, host=host, port=port)
+    previous = _interrupt_on_termination()
     try:
         print(f"MLflow UI for {tracking_uri}\n  {server.url}")
         for exp in store.client(tracking_uri).search_experiments():
@@ -149,3 +150,18 @@ def serve_forever(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 500
         pass
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_termination() -> dict:
+    """SIGTERM and SIGHUP stop `ui` as Ctrl-C does, through the `finally` that stops the server.
+
+    The server runs in its own session (so a Ctrl-C reaches it only through us); Python's
+    default SIGTERM ends the process without unwinding, which left mlflow and uvicorn running.
+    """
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

@@ -40,9 +40,9 @@ def zero_stage_for(job: JobConfig, world_size: int) -> int:
     """The ZeRO stage a run uses: the job's, except on one worker without offload.
 
     ZeRO partitions states over the ranks; over one rank it partitions nothing and only adds
-    the copies into and out of its flat fp32 buffers: about 25% of a step on CPU
-    (`bench train`, 23.7 vs 30.2 samples/s for stage 2 vs 0 in one process). With offload
-    the stage is kept, since moving optimizer state to the CPU is the point of a one-GPU run.
+    the copies into and out of its flat fp32 buffers, a visible share of a CPU step (`bench
+    train` measures it; README has the figure). With offload the stage is kept, since moving
+    optimizer state to the CPU is the point of a one-GPU run.
     """
     t = job.train
     return 0 if world_size == 1 and not t.offload else t.zero_stage
@@ -108,8 +108,8 @@ def disable_shm_comm_build() -> None:
     """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op on CPU.
 
     The op only speeds up inference all-reduce (AutoTP); training collectives go through
-    torch.distributed/gloo either way. Building it costs about two minutes of C++ compile
-    on the first run of every fresh machine, which a CPU training run should not pay.
+    torch.distributed/gloo either way. Building it is a C++ compile on the first run of every
+    fresh machine, which a CPU training run should not pay.
     """
     import deepspeed.ops
 

@@ -28,6 +28,8 @@ class LoopConfig:
     class_counts: list[int]  # train label histogram, for class weights
     au_positive_rates: list[float] | None  # train AU positive rates, for BCE positive weights
     started_at: float  # wall time the invocation started (newer checkpoints are its own)
+    driver_pid: int = 0  # local runs: the driver whose death ends the workers (fate.py); 0 = none
+    driver_started: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"loop": asdict(self)}
@@ -49,6 +51,7 @@ class LoopResult:
     preempted: bool
     resumed_from: str
     world_size: int
+    data_loss: str = ""  # why the loop stopped on lost samples (data_loss.py), "" if it did not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,6 +51,8 @@ class Progress:
     preempted: bool = False
     resumed_from: str = ""
     history: list[float] = field(default_factory=list)
+    data_loss: str = ""  # set when too many samples were skipped: the loop stops
+    skips_said: dict[str, int] = field(default_factory=dict)  # per split, the count last printed
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -70,8 +72,9 @@ def _seed(job: JobConfig, rank: int) -> None:
 
 
 def choose_source(run_dir: Path, resume_tag: str | None, started_at: float) -> Path | None:
-    """A checkpoint written by this invocation wins (Ray restarted us); else --resume's."""
-    newest = ckpt.latest(run_dir / "checkpoints")
+    """A checkpoint written by this invocation wins (Ray restarted us); else --resume's.
+    Only one whose files verify: a corrupt one would fail every restart the same way."""
+    newest = ckpt.latest_intact(run_dir / "checkpoints")
     if newest is not None and ckpt.read_meta(newest).get("time", 0) >= started_at:
         return newest
     if resume_tag:
@@ -227,7 +230,9 @@ class Trainer:
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
         with torch.random.fork_rng(devices=[]):
-            return evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0)
+            evaluation = evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0)
+        self._account(loader, d.val_split)
+        return evaluation
 
     def _use_au_thresholds(self, scores) -> None:
         """Per-AU thresholds tuned on this evaluation go into the model (every rank reduced the
@@ -235,6 +240,21 @@ class Trainer:
         if scores.au is not None and scores.au.thresholds is not None:
             buffer = self.engine.module.au_thresholds
             buffer.copy_(torch.as_tensor(scores.au.thresholds, dtype=buffer.dtype, device=buffer.device))
+
+    def _account(self, loader, split: str) -> None:
+        """Sum the samples skipped by every rank; print and log them; stop above data.max_skipped."""
+        from mmexpr.train import data_loss
+
+        total = data_loss.summed(loader.tally())
+        samples = loader.manifest.samples
+        if self.rank == 0 and total.skipped != self.progress.skips_said.get(split, 0):
+            self.progress.skips_said[split] = total.skipped
+            print(f"data: {data_loss.describe(total, split, samples)}", flush=True)
+        if self.logger is not None and total.read:
+            self.logger.metrics(data_loss.metrics(total, split, samples), self.progress.step)
+        found = data_loss.problem(total, split, samples, self.job.data.max_skipped)
+        if found and not self.progress.data_loss:
+            self.progress.data_loss = found
 
     def _save(self, is_best: bool) -> None:
         self._sync_buffers()
@@ -281,9 +301,13 @@ class Trainer:
         reported, rate = 0.0, 0.0
         preemption.arm()
         try:
-            while p.step < stop_at and not p.preempted:
+            while p.step < stop_at and not p.preempted and not p.data_loss:
                 parts, seconds, wait = self._step()
                 p.step += 1
+                if p.step % t.log_every == 0 or p.step == stop_at:
+                    self._account(self.train_loader, self.job.data.train_split)
+                    if p.data_loss:
+                        break
                 p.history.append(parts["loss"])
                 if self.logger is not None:
                     metrics = {f"train/{k}": v for k, v in parts.items()}
@@ -309,6 +333,8 @@ class Trainer:
                         p.best_f1, p.best_step = p.last_f1, p.step
                     if self.logger is not None:
                         self.logger.evaluation(evaluation, p.step)
+                    if p.data_loss:
+                        break
                 if p.step % t.checkpoint_every == 0 or p.step == stop_at or p.preempted or is_best:
                     self._save(is_best)
         finally:
@@ -318,7 +344,8 @@ class Trainer:
             if self.logger is not None:
                 self.logger.flush()
         return LoopResult(step=p.step, best_f1=p.best_f1, best_step=p.best_step, last_f1=p.last_f1,
-                          preempted=p.preempted, resumed_from=p.resumed_from, world_size=self.world)
+                          preempted=p.preempted, resumed_from=p.resumed_from, world_size=self.world,
+                          data_loss=p.data_loss)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -333,7 +360,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     import ray.train
 
-    trainer = Trainer(LoopConfig.from_dict(config))
+    from mmexpr.train import fate
+
+    loop = LoopConfig.from_dict(config)
+    fate.watch(loop.driver_pid, loop.driver_started)
+    trainer = Trainer(loop)
     result = trainer.run().to_dict()
     if trainer.rank != 0:
         ray.train.report(result)

@@ -1,0 +1,443 @@
+"""`mmexpr pack SOURCE OUT`: videos + labels -> WebDataset tar shards + manifest.json per split.
+
+How a run proceeds, and why:
+
+1. `sources.discover` lists the tracks per video and every input it cannot use.
+2. Each video is packed by one Ray task (`encode.pack_video`): the local Ray cluster on
+   127.0.0.1 by default, or an existing one with `ray_address`. Tasks return bytes to the
+   driver, which is the only writer, so workers need no shared filesystem for OUT.
+3. The driver stores each finished video as a *part* in `OUT/<split>/.work/<video>.tar`
+   (+ `.json` with its counts, written last as the completion marker). An interrupted run
+   leaves finished parts behind; re-running packs only the videos without one.
+4. When every video of a split is done, parts are concatenated in sorted order into
+   `shard-NNNNNN.tar` files of about `shard_mb` MB and the manifest is written; `.work`
+   is removed. Shard boundaries depend only on sample sizes, tar headers carry fixed
+   metadata (mtime 0, root, 0444) and encoding is single-threaded and bitexact, so the
+   same input and settings give byte-identical shards, interrupted or not.
+
+Every file appears under its final name only when complete (write to a dot-temp, then
+rename). Nothing already in OUT is replaced without `overwrite=True`: a finished split
+with the same settings is left as is, one with other settings is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmexpr.data.encode import PackSettings, VideoResult, pack_video
+from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
+from mmexpr.data.sources import Discovery, Skipped, SourceError, VideoJob, discover
+from mmexpr.errors import UserError
+from mmexpr.labels import NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.progress import Progress
+
+WORK = ".work"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+class PackError(UserError, RuntimeError):
+    """OUT holds data this run would have to replace; the message says what and how."""
+
+
+@dataclass
+class SplitSummary:
+    split: str
+    videos: int = 0
+    tracks: int = 0
+    samples: int = 0
+    frames: int = 0
+    shards: int = 0
+    bytes: int = 0
+    already_packed: bool = False
+
+
+@dataclass
+class PackSummary:
+    out: str
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+    packed_frames: int = 0  # frames encoded in this run (0 if everything was already there)
+    packed_seconds_of_video: float = 0.0
+
+    def __str__(self) -> str:
+        if self.splits and all(s.already_packed for s in self.splits.values()):
+            lines = [f"{self.out}: already packed with these settings, nothing to do"]
+        else:
+            lines = [f"packed into {self.out} in {self.seconds:.1f} s"]
+        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'shards':>8}{'MB':>9}")
+        for s in self.splits.values():
+            note = "  (already packed)" if s.already_packed else ""
+            lines.append(
+                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.shards:>8}"
+                f"{s.bytes / 1e6:>9.2f}{note}"
+            )
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} input(s):")
+            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- deterministic tar files
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+
+
+def _member_bytes(data: bytes) -> int:
+    return 512 + -(-len(data) // 512) * 512
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Run write(tmp_path), then rename to `path`: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _write_tar(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> None:
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for key, members in samples:
+                for ext in sorted(members):
+                    _add(tar, f"{key}.{ext}", members[ext])
+
+    _atomic_write(path, write)
+
+
+def _read_tar_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """Samples of a part file in order, grouped by key."""
+    out: list[tuple[str, dict[str, bytes]]] = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, ext = info.name.split(".", 1)
+            data = tar.extractfile(info).read()
+            if not out or out[-1][0] != key:
+                out.append((key, {}))
+            out[-1][1][ext] = data
+    return out
+
+
+# ---------------------------------------------------------------- parts (one per video)
+
+
+def _part_paths(split_dir: Path, video: str) -> tuple[Path, Path]:
+    work = split_dir / WORK
+    return work / f"{video}.tar", work / f"{video}.json"
+
+
+def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
+    tar_path, meta_path = _part_paths(split_dir, result.video)
+    _write_tar(tar_path, ((s.key, s.members) for s in result.samples))
+    meta = {
+        "video": result.video,
+        "frames": result.frames,
+        "seconds": result.frames / float(json.loads(result.samples[0].members["json"])["fps"]) if result.samples else 0.0,
+        "tracks": sorted({json.loads(s.members["json"])["track"] for s in result.samples}),
+        "samples": [
+            {
+                "key": s.key,
+                "frames": s.frames,
+                "label_counts": s.label_counts,
+                "bytes": sum(_member_bytes(d) for d in s.members.values()),
+            }
+            for s in result.samples
+        ],
+        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+        "fitted": [[name, f.padded, f.truncated] for name, f in result.fitted],
+    }
+    _atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, sort_keys=True)))
+    return meta
+
+
+def _read_part_meta(split_dir: Path, video: str) -> dict | None:
+    _, meta_path = _part_paths(split_dir, video)
+    return json.loads(meta_path.read_text()) if meta_path.is_file() else None
+
+
+# ---------------------------------------------------------------- what OUT already holds
+
+
+def _run_settings(settings: PackSettings, shard_mb: float) -> dict:
+    return {**settings.to_dict(), "shard_mb": shard_mb, "format_version": VERSION}
+
+
+def inputs_digest(jobs: list[VideoJob]) -> str:
+    """Which inputs a split was packed from (names, sizes, labels), so that shards of another
+    corpus at the same OUT are never taken for "already packed". Paths are left out: a
+    corpus moved elsewhere is still the same corpus."""
+    h = hashlib.sha256()
+    for job in sorted(jobs, key=lambda j: j.video):
+        h.update(f"{job.video}\0{os.path.getsize(job.path)}\0".encode())
+        for track in job.tracks:
+            h.update(f"{track.name}\0".encode())
+            h.update(np.asarray(track.labels, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _differences(stored: dict | None, run: dict) -> str:
+    if not isinstance(stored, dict):
+        return "unreadable stored settings"
+    keys = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+    return ", ".join(f"{k}: packed {stored.get(k)!r}, asked {run.get(k)!r}" for k in keys)
+
+
+def _prepare_split(split_dir: Path, run: dict, overwrite: bool) -> bool:
+    """True if the split is already packed with these settings; raises if OUT would be clobbered."""
+    manifest = split_dir / MANIFEST
+    work_settings = split_dir / WORK / "settings.json"
+    if overwrite and split_dir.is_dir():
+        for path in split_dir.glob("shard-*.tar"):
+            path.unlink()
+        manifest.unlink(missing_ok=True)
+        shutil.rmtree(split_dir / WORK, ignore_errors=True)
+    if manifest.is_file():
+        try:
+            stored = json.loads(manifest.read_text()).get("settings")
+        except json.JSONDecodeError:
+            stored = None
+        if stored == run:
+            return True
+        raise PackError(
+            f"{manifest}: this split is already packed with other settings ({_differences(stored, run)}); "
+            "pass --overwrite to replace it, or choose another OUT"
+        )
+    if work_settings.is_file():
+        if json.loads(work_settings.read_text()) != run:
+            raise PackError(
+                f"{work_settings}: an unfinished pack with other settings is here; "
+                "re-run with those settings to finish it, or pass --overwrite to start again"
+            )
+        return False
+    if any(split_dir.glob("shard-*.tar")):
+        raise PackError(f"{split_dir}: holds shards without a manifest or pack state; pass --overwrite to replace them")
+    (split_dir / WORK).mkdir(parents=True, exist_ok=True)
+    _atomic_write(work_settings, lambda tmp: tmp.write_text(json.dumps(run)))
+    return False
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
+    """Connect to Ray; start a loopback-only local cluster unless one is given. True if started."""
+    from mmexpr.local_ray import start_ray
+
+    return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
+
+
+def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:
+    """Pack `jobs` as Ray tasks; write each video's part as soon as it arrives. Returns metas."""
+    import ray
+
+    metas: dict[str, dict] = {}
+    started = _start_ray(ray_address, num_cpus)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
+        pending = {task.remote(job, settings): job for job in jobs}
+        total_frames = sum(max(len(t.labels) for t in job.tracks) for job in jobs)
+        videos = 0
+        with Progress(total_frames, "pack", "frame", enabled=progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(done[0])
+                try:
+                    result: VideoResult = ray.get(done[0])
+                except Exception as exc:  # a crashed task must not stop the run
+                    result = VideoResult(job.video, job.split, skipped=[(job.path, f"pack task failed: {exc}")])
+                metas[job.video] = _write_part(out / job.split, result, job)
+                videos += 1
+                bar.update(result.frames, videos=f"{videos}/{len(jobs)}")
+    finally:
+        if started:
+            ray.shutdown()
+    return metas
+
+
+# ---------------------------------------------------------------- shards + manifest
+
+
+def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str, dict], run: dict, skipped: list[Skipped]) -> Manifest:
+    limit = float(run["shard_mb"]) * 1e6
+    groups: list[list[tuple[str, dict]]] = [[]]  # per shard: (video, sample meta)
+    size = 0
+    for job in jobs:
+        for sample in metas[job.video]["samples"]:
+            if groups[-1] and size + sample["bytes"] > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append((job.video, sample))
+            size += sample["bytes"]
+    groups = [g for g in groups if g]
+    cache: dict[str, dict[str, dict[str, bytes]]] = {}
+
+    def members(video: str, key: str) -> dict[str, bytes]:
+        if video not in cache:
+            cache.clear()  # parts are read one at a time, in order
+            cache[video] = dict(_read_tar_samples(_part_paths(split_dir, video)[0]))
+        return cache[video][key]
+
+    shards = []
+    for index, group in enumerate(groups):
+        name = SHARD_PATTERN.format(index)
+        path = split_dir / name
+        _write_tar(path, ((s["key"], members(v, s["key"])) for v, s in group))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        shards.append(
+            ShardInfo(
+                url=name,
+                samples=len(group),
+                frames=sum(s["frames"] for _, s in group),
+                bytes=path.stat().st_size,
+                sha256=digest,
+                keys=tuple(s["key"] for _, s in group),
+                sample_frames=tuple(s["frames"] for _, s in group),
+            )
+        )
+    histogram = np.zeros(NUM_CLASSES + 1, np.int64)
+    for job in jobs:
+        for sample in metas[job.video]["samples"]:
+            histogram += np.asarray(sample["label_counts"])
+    tracks = sorted({t for job in jobs for t in metas[job.video]["tracks"]})
+    return Manifest(
+        split=split,
+        root=str(split_dir),
+        shards=tuple(shards),
+        settings=run,
+        label_histogram=histogram.tolist(),
+        tracks=tuple(tracks),
+        skipped=tuple(s.to_dict() for s in skipped),
+        extra={"videos": sum(1 for job in jobs if metas[job.video]["samples"])},
+    )
+
+
+def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob], ann_root: Path) -> list[Skipped]:
+    """Inputs this split left out: its own annotation problems, video problems, global ones."""
+    split_folder_skips = [
+        s for s in found.skipped if Path(s.path).parent.parent == ann_root and _split_of(s.path) == split
+    ]
+    global_skips = [s for s in found.skipped if Path(s.path).parent.parent != ann_root]
+    task_skips = [Skipped(d["path"], d["reason"]) for job in jobs for d in metas[job.video]["skipped"]]
+    return split_folder_skips + task_skips + global_skips
+
+
+def _split_of(path: str) -> str:
+    from mmexpr.data.sources import split_name
+
+    return split_name(Path(path).parent.name)
+
+
+def pack_corpus(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: list[str] | None = None,
+    chunk_frames: int = PackSettings.chunk_frames,
+    face_size: int = PackSettings.face_size,
+    shard_mb: float = 256,
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    progress: bool = True,
+    num_cpus: int | None = None,
+) -> PackSummary:
+    """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json."""
+    if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0:
+        raise UserError(
+            f"pack settings: chunk_frames={chunk_frames} (>= 1), face_size={face_size} (even, >= 16), "
+            f"shard_mb={shard_mb} (> 0)"
+        )
+    begin = time.perf_counter()
+    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+    run = _run_settings(settings, shard_mb)
+    found = discover(source, splits)
+    if not found.jobs:
+        reasons = "\n".join(f"  {s.path}: {s.reason}" for s in found.skipped) or "  (no annotation files)"
+        raise SourceError(f"{source}: nothing packable\n{reasons}")
+    out = Path(out)
+    summary = PackSummary(out=str(out))
+    jobs_by_split = {split: [j for j in found.jobs if j.split == split] for split in found.splits()}
+    todo_splits = []
+    split_runs = {split: {**run, "inputs": inputs_digest(jobs)} for split, jobs in jobs_by_split.items()}
+    for split, jobs in jobs_by_split.items():
+        if _prepare_split(out / split, split_runs[split], overwrite):
+            summary.splits[split] = _summary_from_manifest(out / split, split, jobs)
+        else:
+            todo_splits.append(split)
+    metas: dict[str, dict] = {}
+    missing: list[VideoJob] = []
+    for split in todo_splits:
+        for job in jobs_by_split[split]:
+            meta = _read_part_meta(out / split, job.video)
+            if meta is None:
+                missing.append(job)
+            else:
+                metas[job.video] = meta
+    if missing:
+        metas.update(_run_tasks(missing, settings, out, progress, ray_address, num_cpus))
+        summary.packed_frames = sum(metas[j.video]["frames"] for j in missing)
+        summary.packed_seconds_of_video = sum(metas[j.video]["seconds"] for j in missing)
+    warn_fitted(
+        [(n, FitResult(np.zeros(0, np.int64), p, t)) for m in metas.values() for n, p, t in m["fitted"]]
+    )
+    ann_root = Path(source) / "annotations"
+    for split in todo_splits:
+        jobs = jobs_by_split[split]
+        skipped = _split_skipped(found, split, metas, jobs, ann_root)
+        summary.skipped += [s for s in skipped if s not in summary.skipped]
+        if not any(metas[j.video]["samples"] for j in jobs):
+            summary.splits[split] = SplitSummary(split)
+            continue
+        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped)
+        write_manifest(manifest, out / split)
+        shutil.rmtree(out / split / WORK, ignore_errors=True)
+        summary.splits[split] = SplitSummary(
+            split,
+            videos=manifest.extra["videos"],
+            tracks=len(manifest.tracks),
+            samples=manifest.samples,
+            frames=manifest.frames,
+            shards=len(manifest.shards),
+            bytes=sum(s.bytes for s in manifest.shards),
+        )
+    if not any(s.samples or s.already_packed for s in summary.splits.values()):
+        raise SourceError(f"{source}: nothing packable\n" + "\n".join(f"  {s.path}: {s.reason}" for s in summary.skipped))
+    summary.seconds = time.perf_counter() - begin
+    return summary
+
+
+def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) -> SplitSummary:
+    from mmexpr.data.manifest import read_manifest
+
+    m = read_manifest(split_dir / MANIFEST)
+    return SplitSummary(
+        split,
+        videos=int(m.extra.get("videos", len(jobs))),
+        tracks=len(m.tracks),
+        samples=m.samples,
+        frames=m.frames,
+        shards=len(m.shards),
+        bytes=sum(s.bytes for s in m.shards),
+        already_packed=True,
+    )

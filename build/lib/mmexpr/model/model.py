@@ -1,0 +1,258 @@
+"""The assembled model: encoders -> temporal -> fusion -> per-frame head, plus its losses.
+
+    video [B,T,3,H,W] uint8 -> visual encoder (all B*T frames as one batch) -> proj -> temporal
+    audio [B,S] + audio_len -> audio encoder -> proj -> aligned to frame times (fps)
+    both -> fusion (bi-directional cross-attention by default) -> head -> logits [B,T,8]
+    class prompts -> text encoder -> class embeddings -> text-guided contrastive loss
+
+`build_model(cfg, class_counts)` is the only constructor the rest of the system calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmexpr.config import ModelConfig
+from mmexpr.data.batch import Batch, BatchArrays, audio_samples
+from mmexpr.labels import IGNORE, prompts
+from mmexpr.model.encoders import (
+    AudioEncoder,
+    TextEncoder,
+    VisualEncoder,
+    build_audio,
+    build_text,
+    build_visual,
+)
+from mmexpr.model.fusion import AUDIO_RATE, align_audio, build_fusion, modality_dropout
+from mmexpr.model.heads import FrameHead
+from mmexpr.model.losses import (
+    FrameLoss,
+    TextGuidedContrastive,
+    class_text_embeddings,
+    class_weights_from_counts,
+)
+from mmexpr.model.temporal import build_temporal
+
+ENCODERS = ("visual", "audio", "text")
+
+
+class ExprModel(nn.Module):
+    """Per-frame expression recogniser; forward(batch) -> logits, embeddings (+ loss when labelled)."""
+
+    def __init__(self, cfg: ModelConfig, class_counts: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        use_video = cfg.modalities in ("audio_video", "video")
+        use_audio = cfg.modalities in ("audio_video", "audio")
+        d = cfg.hidden
+        self.visual: VisualEncoder | None = (
+            build_visual(cfg.visual, cfg.preset) if use_video else None
+        )
+        self.audio: AudioEncoder | None = build_audio(cfg.audio, cfg.preset) if use_audio else None
+        self.visual_proj = nn.Linear(self.visual.dim, d) if self.visual is not None else None
+        self.audio_proj = nn.Linear(self.audio.dim, d) if self.audio is not None else None
+        self.temporal = build_temporal(
+            cfg.temporal, d, cfg.temporal_layers, cfg.temporal_kernel, cfg.fusion_heads, cfg.dropout
+        )
+        both = use_video and use_audio
+        self.fusion = (
+            build_fusion(cfg.fusion, d, cfg.fusion_heads, cfg.fusion_layers, cfg.dropout)
+            if both
+            else None
+        )
+        self.head = FrameHead(d, cfg.dropout)
+        weights = (
+            class_weights_from_counts(class_counts) if cfg.class_weights and class_counts else None
+        )
+        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma)
+        self.prompts = prompts(cfg.prompts)
+        self.text: TextEncoder | None = None
+        self.contrastive: TextGuidedContrastive | None = None
+        if cfg.contrastive_weight > 0:
+            vocab = [p for per_class in self.prompts for p in per_class]
+            self.text = build_text(cfg.text, cfg.preset, vocab)
+            self.contrastive = TextGuidedContrastive(d, self.text.dim, cfg.contrastive_dim)
+            if not self.text.trainable:
+                # Frozen text encoder: the class embeddings never change, so encode the prompts once.
+                with torch.no_grad():
+                    self.register_buffer(
+                        "class_text", class_text_embeddings(self.text, self.prompts)
+                    )
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batch: Batch) -> dict:
+        """Batch -> {"logits" [B,T,8], "embeddings" [B,T,hidden], "audio_mask" [B,T]},
+        plus "loss" and "loss_parts" when the batch has labels (padded frames ignored)."""
+        mask = batch.mask.bool()
+        labels = batch.labels
+        frames = mask.shape[1]
+        video_mask = mask
+        audio_mask = torch.zeros_like(mask)
+        v = a = None
+        if self.visual is not None:
+            video = batch.video
+            b, t = video.shape[:2]
+            feats = self.visual(video.reshape(b * t, *video.shape[2:])).view(b, t, -1)
+            v = self.visual_proj(feats.to(self.visual_proj.weight.dtype))
+        if self.audio is not None:
+            feats, feat_len = self.audio(batch.audio, batch.audio_len)
+            a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
+            a, audio_mask = align_audio(
+                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE
+            )
+            audio_mask = audio_mask & mask
+        if self.training and self.fusion is not None:
+            video_mask, audio_mask = modality_dropout(
+                video_mask, audio_mask, self.cfg.modality_dropout
+            )
+        if v is not None:
+            v = self.temporal(v, mask)
+            fused = self.fusion(v, a, video_mask, audio_mask).fused if a is not None else v
+        else:
+            a = self.temporal(a, mask)
+            fused = a * audio_mask.unsqueeze(-1).to(a.dtype)
+        logits = self.head(fused)
+        out = {"logits": logits, "embeddings": fused, "audio_mask": audio_mask}
+        if labels is not None:
+            out.update(self.losses(logits, fused, labels.masked_fill(~mask, IGNORE)))
+        return out
+
+    def class_embeddings(self) -> torch.Tensor:
+        """[8, text_dim]: cached when the text encoder is frozen, re-encoded each step when it trains."""
+        if self.text is None:
+            raise RuntimeError(
+                "contrastive loss is off (model.contrastive_weight=0): no text encoder"
+            )
+        if not self.text.trainable:
+            return self.class_text
+        return class_text_embeddings(self.text, self.prompts)
+
+    def losses(self, logits: torch.Tensor, fused: torch.Tensor, labels: torch.Tensor) -> dict:
+        parts = {"ce" if self.cfg.loss == "ce" else "focal": self.frame_loss(logits, labels)}
+        total = next(iter(parts.values()))
+        if self.contrastive is not None:
+            parts["contrastive"] = self.contrastive(
+                fused, self.class_embeddings().to(fused.dtype), labels
+            )
+            total = total + self.cfg.contrastive_weight * parts["contrastive"]
+        return {"loss": total, "loss_parts": parts}
+
+    # ------------------------------------------------------------------ optimisation
+
+    def param_groups(self, lr: float, encoder_lr: float, weight_decay: float) -> list[dict]:
+        """Trainable parameters only: encoders at encoder_lr, the rest at lr; no decay on biases/norms."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = (name.split(".")[0] in ENCODERS, p.ndim >= 2)
+            groups.setdefault(key, []).append(p)
+        out = []
+        for (encoder, decay), params in sorted(groups.items()):
+            out.append(
+                {
+                    "name": ("encoders" if encoder else "head") + ("" if decay else "_no_decay"),
+                    "params": params,
+                    "lr": encoder_lr if encoder else lr,
+                    "weight_decay": weight_decay if decay else 0.0,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self, window: int = 16, image_size: int = 112, fps: float = 30.0) -> str:
+        """A table of top-level modules: class, parameters, trainable parameters, FLOPs per window."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = example_batch(1, window, image_size, fps, device=next(self.parameters()).device)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self(batch)
+        finally:
+            self.train(was_training)
+        flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+        root = type(self).__name__
+        rows = [("module", "class", "params", "trainable", "GFLOPs/window")]
+        for name, module in self.named_children():
+            params = sum(p.numel() for p in module.parameters())
+            trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            cls = type(module).__name__
+            backbone = getattr(module, "backbone", None)
+            if backbone is not None:
+                cls += f"({type(backbone).__name__}, {module.spec.name}, {module.spec.train})"
+            rows.append(
+                (
+                    name,
+                    cls,
+                    f"{params:,}",
+                    f"{trainable:,}",
+                    f"{flops.get(f'{root}.{name}', 0) / 1e9:.4f}",
+                )
+            )
+        total = sum(p.numel() for p in self.parameters())
+        total_trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        rows.append(
+            (
+                "total",
+                root,
+                f"{total:,}",
+                f"{total_trainable:,}",
+                f"{flops.get('Global', 0) / 1e9:.4f}",
+            )
+        )
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [
+            f"model: preset={self.cfg.preset} modalities={self.cfg.modalities} temporal={self.cfg.temporal} "
+            f"fusion={self.cfg.fusion if self.fusion is not None else 'none'} hidden={self.cfg.hidden} "
+            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight}",
+            f"window: {window} frames at {image_size}x{image_size}, {fps:g} fps, "
+            f"{audio_samples(window, AUDIO_RATE)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
+        ]
+        for i, row in enumerate(rows):
+            cells = [
+                c.ljust(w) if j < 2 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        if self.text is not None:
+            how = (
+                "re-encoded every step (text encoder trains)"
+                if self.text.trainable
+                else "cached (text encoder frozen)"
+            )
+            lines.append(
+                f"class text embeddings: {len(self.prompts)} classes x {len(self.prompts[0])} prompts, {how}"
+            )
+        return "\n".join(lines)
+
+
+def example_batch(
+    batch: int, window: int, image_size: int, fps: float = 30.0, device: torch.device | str = "cpu"
+) -> Batch:
+    """A loader-shaped batch of black frames and a quiet noise waveform, every frame labelled
+    Neutral, for FLOP counts and smoke tests."""
+    arrays = BatchArrays(batch, window, image_size, AUDIO_RATE)
+    samples = arrays.audio.shape[1]
+    noise = (torch.randn(batch, samples, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
+    frames = np.zeros((window, image_size, image_size, 3), np.uint8)
+    valid = min(samples, math.ceil(window * AUDIO_RATE / fps))
+    for b in range(batch):
+        arrays.put(b, frames, fps=fps, start=0, track="example", labels=np.zeros(window, np.int64),
+                   audio=noise[b], audio_span=(0, valid))
+    return arrays.batch().to(device)
+
+
+def build_model(cfg: ModelConfig, class_counts: Sequence[int] | None = None) -> ExprModel:
+    """The model a job describes; class_counts (train label histogram) set the CE weights."""
+    return ExprModel(cfg, class_counts)

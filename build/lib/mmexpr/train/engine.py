@@ -1,0 +1,167 @@
+"""One worker's model, optimizer, schedule and DeepSpeed engine, built from the job.
+
+The DeepSpeed config is derived from `job.train` here (not read from a JSON file) so that
+one validated job is the single source of truth; cluster/deepspeed/zero.json shows the
+same keys for readers who know DeepSpeed. The optimizer is plain `torch.optim.AdamW`
+handed to DeepSpeed as a client optimizer: it runs on every accelerator (DeepSpeed's
+FusedAdam needs CUDA, its CPUAdam a C++ build), and ZeRO partitions its state all the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmexpr.config import JobConfig
+from mmexpr.data.batch import Batch
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this worker computes: device, precision and the collective backend it uses."""
+
+    device: torch.device
+    bf16: bool
+    accelerator: str  # "cuda" or "cpu"
+
+
+def placement(job: JobConfig, device: torch.device) -> Placement:
+    """bf16 on GPUs (precision=auto or bf16), fp32 on CPUs: bf16 matmuls on CPU are slow and
+    DeepSpeed's CPU path is tested in fp32."""
+    on_gpu = device.type == "cuda"
+    bf16 = on_gpu and job.train.precision in ("auto", "bf16")
+    return Placement(device, bf16, "cuda" if on_gpu else "cpu")
+
+
+def zero_stage_for(job: JobConfig, world_size: int) -> int:
+    """The ZeRO stage a run uses: the job's, except on one worker without offload.
+
+    ZeRO partitions states over the ranks; over one rank it partitions nothing and only adds
+    the copies into and out of its flat fp32 buffers, a visible share of a CPU step (`bench
+    train` measures it; README has the figure). With offload the stage is kept, since moving
+    optimizer state to the CPU is the point of a one-GPU run.
+    """
+    t = job.train
+    return 0 if world_size == 1 and not t.offload else t.zero_stage
+
+
+def deepspeed_config(job: JobConfig, place: Placement, stage: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this job (see cluster/deepspeed/zero.json) at ZeRO `stage`
+    (`zero_stage_for`)."""
+    t = job.train
+    zero: dict[str, Any] = {"stage": stage}
+    if stage >= 1:
+        zero.update(contiguous_gradients=True, overlap_comm=place.accelerator == "cuda")
+    if t.offload and stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": place.accelerator == "cuda"}
+    if t.offload and stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": place.accelerator == "cuda"}
+    return {
+        "train_micro_batch_size_per_gpu": job.data.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": place.bf16},
+        "fp16": {"enabled": False},
+        # A client torch optimizer is deliberate (see the module docstring).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.05):
+    """lr multiplier per optimizer step: linear warmup, then cosine down to `floor`."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, job: JobConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's groups: encoders at encoder_lr, the rest at lr, no decay on biases."""
+    t = job.train
+    groups = model.param_groups(t.lr, t.encoder_lr, t.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (every encoder frozen and no head?)")
+    # foreach=False: the same per-parameter arithmetic on every world size, so a run
+    # resumed on another number of workers continues the same optimisation.
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, foreach=False)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, job: JobConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(job.train.warmup_steps, job.train.max_steps)
+    )
+
+
+def disable_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op on CPU.
+
+    The op only speeds up inference all-reduce (AutoTP); training collectives go through
+    torch.distributed/gloo either way. Building it is a C++ compile on the first run of every
+    fresh machine, which a CPU training run should not pay.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def broadcast_scalar_params(model: torch.nn.Module) -> None:
+    """Broadcast 0-dim parameters ourselves and keep DeepSpeed's initial broadcast off them.
+
+    DeepSpeed 0.19.8's `_broadcast_model` sends every parameter as `p.data.view(uint8)`,
+    which torch refuses for 0-dim tensors (e.g. the contrastive loss's learnable
+    temperature). Parameters carrying `ds_optim_param` are skipped by that broadcast (the
+    attribute otherwise only matters for super-offload ratios, which we never set).
+    """
+    import torch.distributed as dist
+
+    for param in model.parameters():
+        if param.dim() == 0:
+            if dist.is_initialized():
+                dist.broadcast(param.data, src=0)
+            param.ds_optim_param = False
+
+
+def build_engine(model: torch.nn.Module, job: JobConfig, place: Placement):
+    """model -> (DeepSpeed engine, its optimizer, our scheduler); torch.distributed is already up.
+    The engine runs `zero_stage_for(job, world size)`."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if place.accelerator == "cpu":
+        disable_shm_comm_build()
+    model = model.to(place.device)
+    broadcast_scalar_params(model)
+    optimizer = make_optimizer(model, job)
+    scheduler = make_scheduler(optimizer, job)
+    engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(job, place, zero_stage_for(job, dist.get_world_size() if dist.is_initialized() else 1)),
+        dist_init_required=False,
+    )
+    return engine, ds_optimizer, ds_scheduler
+
+
+def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's ZeRO wrapper (stage 0 has no wrapper)."""
+    inner = getattr(ds_optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else ds_optimizer
+
+
+def to_device(batch: Batch, device: torch.device, bf16: bool) -> Batch:
+    """The batch on the worker's device; under bf16 the waveform goes in as bf16 like the
+    weights of the audio encoder."""
+    return batch.to(device, torch.bfloat16 if bf16 else None)
