@@ -29,7 +29,6 @@ from mmexpr.store import job_tracking_uri
 from mmexpr.synth.corpus import SynthSpec
 
 DEMO_TAG = "mmexpr.demo_job"
-CHALLENGE_FOLDERS = {"va": "VA_Estimation_Challenge", "au": "AU_Detection_Challenge"}  # as synth writes them
 SCORE_NAMES = {"expr": "EXPR macro F1", "va": "VA mean CCC", "au": "AU mean F1"}
 
 
@@ -160,6 +159,7 @@ def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
 
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every stage in order; prints what it does and the final scores."""
+    from mmexpr.data.sources import challenge_folder
     from mmexpr.predict.evaluate import evaluate_dirs
     from mmexpr.predict.predict import PredictOptions, predict
     from mmexpr.runs.ui import runs_url
@@ -190,7 +190,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     reports = {"expr": report}
     for task in job.model.tasks:
         if task != "expr":
-            reports[task] = evaluate_dirs(val_pred / task, corpus / "annotations" / CHALLENGE_FOLDERS[task] / "Validation_Set")
+            reports[task] = evaluate_dirs(val_pred / task, corpus / "annotations" / challenge_folder(task) / "Validation_Set")
 
     _say("5/5 predict: overlapping windows over the raw validation videos -> ABAW submission files")
     video_pred = workdir / "predictions" / run_id / "validation-videos"

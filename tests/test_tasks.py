@@ -362,3 +362,34 @@ def test_best_metric_must_be_a_task_of_the_model(capsys) -> None:
     with pytest.raises(ConfigError, match="model.tasks"):
         load_job(None, ["model.tasks=[expr,expr]"])
     assert load_job(None, ["model.tasks=[va,au]", "train.best_metric=mean"]).model.tasks == ["va", "au"]
+
+
+def test_va_and_au_challenge_folders_sit_beside_the_release_expr_folder_or_alone(tmp_path: Path) -> None:
+    """CHALLENGE_TASKS routes VA_Estimation_Challenge/AU_Detection_Challenge to their tasks: beside
+    an EXPR challenge folder (also when --annotations names that folder), and with no EXPR files
+    at all, where the tracks still pack with every EXPR label unknown."""
+    from media import labels_for, write_video
+
+    from mmexpr.data.sources import CHALLENGE_TASKS, discover, video_tracks
+
+    assert CHALLENGE_TASKS["VA_Estimation_Challenge"] == "va" and CHALLENGE_TASKS["AU_Detection_Challenge"] == "au"
+    src = tmp_path / "src"
+    write_video(src / "videos" / "batch1" / "a.mp4", 12, audio_rate=None)
+    write_video(src / "videos" / "batch2" / "b.mp4", 12, audio_rate=None)
+    ann = src / "annotations"
+    write_annotation(ann / "EXPR_Recognition_Challenge" / "Train_Set" / "a.txt", labels_for(12))
+    write_va_annotation(ann / "VA_Estimation_Challenge" / "Train_Set" / "a.txt", np.zeros((12, 2)))
+    write_va_annotation(ann / "VA_Estimation_Challenge" / "Validation_Set" / "b.txt", np.full((12, 2), 0.25))
+    write_au_annotation(ann / "AU_Detection_Challenge" / "Validation_Set" / "b.txt", np.zeros((12, NUM_AUS), np.int64))
+    for found in (discover(src), discover(src, annotations=ann / "EXPR_Recognition_Challenge")):
+        tracks = {(j.split, t.name): t for j in found.jobs for t in j.tracks}
+        assert sorted(tracks) == [("train", "a"), ("validation", "b")]
+        assert (tracks["train", "a"].labels >= 0).all() and tracks["train", "a"].va.shape == (12, 2)
+        assert (tracks["validation", "b"].labels == -1).all() and tracks["validation", "b"].au.shape == (12, NUM_AUS)
+        assert not found.skipped
+    only = tmp_path / "only_va"
+    write_video(only / "videos" / "b.mp4", 12, audio_rate=None)
+    write_va_annotation(only / "annotations" / "VA_Estimation_Challenge" / "Train_Set" / "b.txt", np.zeros((12, 2)))
+    found = discover(only, ["train"])
+    assert [t.name for j in found.jobs for t in j.tracks] == ["b"]
+    assert [t.name for t in video_tracks(src, "b", src / "videos" / "batch2" / "b.mp4", 12).tracks] == ["b"]

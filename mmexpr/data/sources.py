@@ -58,6 +58,11 @@ CHALLENGE_TASKS = {
     "AU_Detection_Challenge": "au",
 }
 
+
+def challenge_folder(task: str) -> str:
+    """The challenge folder ABAW's release names first for `task` (where synth writes it)."""
+    return next(folder for folder, t in CHALLENGE_TASKS.items() if t == task)
+
 EXPECTED_SHAPE = """expected one of:
     SOURCE/annotations/Train_Set/<video>.txt                      (plain)
     SOURCE/annotations/EXPR_Recognition_Challenge/Train_Set/<video>.txt   (as ABAW hands it out;

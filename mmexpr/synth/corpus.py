@@ -65,6 +65,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mmexpr.data.sources import challenge_folder
 from mmexpr.errors import UserError
 from mmexpr.labels import (
     AU_NAMES,
@@ -572,8 +573,8 @@ def write_task_annotations(out: Path, plan: VideoPlan, segments: list[Segment], 
     split = SPLIT_FOLDERS[plan.split]
     for track in plan.tracks:
         va, au = task_labels(plan, segments, track, seed)
-        write_va_annotation(out / "annotations" / "VA_Estimation_Challenge" / split / f"{track}.txt", va)
-        write_au_annotation(out / "annotations" / "AU_Detection_Challenge" / split / f"{track}.txt", au)
+        write_va_annotation(out / "annotations" / challenge_folder("va") / split / f"{track}.txt", va)
+        write_au_annotation(out / "annotations" / challenge_folder("au") / split / f"{track}.txt", au)
 
 
 def _facts(
