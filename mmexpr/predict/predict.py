@@ -296,19 +296,16 @@ def check_out(out: Path) -> None:
         )
 
 
-def pack_settings_of(job) -> PackSettings | None:
+def pack_settings_of(job) -> PackSettings:
     """The settings the model's training shards were packed with, so raw videos are cropped and
-    compressed the same way (shards from before the face tracker took the whole frame); None
-    when those shards are not here."""
+    compressed the same way; pack's defaults when those shards are not here."""
     from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
 
     try:
         settings = read_manifest(manifest_path(job.data.shards, job.data.train_split)).settings
-        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]),
-                            faces=str(settings.get("faces", "frame")),
-                            min_face=int(settings.get("min_face", PackSettings.min_face)))
+        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]))
     except (ManifestError, KeyError, ValueError, OSError):
-        return None
+        return PackSettings()
 
 
 def load_model(opts: PredictOptions):
