@@ -1,6 +1,7 @@
 """`mmexpr` commands. The path of one sample, stage by stage:
 
     synth     -> mmexpr/data/synth.py       demo corpus in Aff-Wild2 layout
+    faces     -> mmexpr/faces/video.py      raw video -> face tracks (detector, tracker, aligned crops)
     pack      -> mmexpr/data/pack.py        videos + labels -> WebDataset shards + manifest
     (load)    -> mmexpr/data/loader.py      shards -> decord -> windows (inside training)
     describe  -> mmexpr/model/model.py      the model a job builds
@@ -138,6 +139,9 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", action="append", default=None, help="shard split(s) to predict (default: all)")
     p.add_argument("--out", required=True, help="output folder: <track>.txt submissions + <track>.npy probabilities")
     p.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window/2)")
+    p.add_argument("--smooth", type=int, default=None, metavar="FRAMES",
+                   help="centred moving average of per-frame probabilities over FRAMES (default: the job's "
+                   "model.smooth; 0: off)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -157,6 +161,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                 splits=args.split,
                 out=args.out,
                 stride=args.stride,
+                smooth=args.smooth,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 device=args.device,
@@ -281,6 +286,10 @@ def _pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-list", default=None, metavar="FILE",
                    help="ABAW test-set list (one name per line, name_left/name_right for two people): "
                    "packs split 'test' with every label -1")
+    p.add_argument("--faces", choices=("detect", "frame"), default=None,
+                   help="faces of tracks without cropped_aligned/: the face tracker, or the whole frame "
+                        "(default: frame for a `mmexpr synth` corpus, else detect)")
+    p.add_argument("--min-face", type=int, default=None, help="smallest face side the detector searches for, pixels (default 24)")
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.data.pack import pack_corpus
@@ -296,8 +305,26 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             num_cpus=args.cpus,
             annotations=args.annotations,
             test_list=args.test_list,
+            faces=args.faces,
+            **({"min_face": args.min_face} if args.min_face is not None else {}),
         )
         print(summary)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _faces(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("faces", help="detect and track faces in videos: DIR/<video>.csv (+ a PNG contact sheet)")
+    p.add_argument("input", help="a video file, or a folder of videos (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder: <video>.csv, one row per detection")
+    p.add_argument("--preview", action="store_true", help="also write <video>.png: frames with their boxes")
+    p.add_argument("--min-face", type=int, default=24, help="smallest face side searched for, pixels (default 24)")
+
+    def run(args: argparse.Namespace) -> int:
+        from mmexpr.faces.video import faces_command
+
+        print(faces_command(args.input, args.out, preview=args.preview, min_face=args.min_face))
         return 0
 
     p.set_defaults(func=run)
@@ -367,6 +394,7 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _synth,
     _pack,
+    _faces,
     _show_config,
     _train,
     _evaluate,

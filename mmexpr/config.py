@@ -44,6 +44,18 @@ class DataConfig(_Strict):
         "mismatch) before a training stops with an error naming the shards",
     )
     verify_shards: bool = Field(True, description="check each local shard's sha256 against the manifest before reading it")
+    audio_context_s: float = Field(
+        0.0, ge=0.0, le=30.0,
+        description="seconds of audio centred on each window (within its chunk) the audio encoder hears; "
+        "0: only the window's own frames' audio",
+    )
+    augment_faces: bool = Field(
+        False, description="training only: random resized crop, horizontal flip, brightness/contrast "
+        "jitter and grayscale, one draw per window",
+    )
+    augment_voices: bool = Field(
+        False, description="training only: random gain, additive noise and a time mask, one draw per window",
+    )
 
 
 EncoderTrain = Literal["frozen", "full", "last"]
@@ -61,8 +73,10 @@ class EncoderConfig(_Strict):
 class ModelConfig(_Strict):
     """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
-    preset: Literal["pretrained", "tiny"] = Field(
-        "pretrained", description="tiny builds small random encoders from configs (tests, demo)"
+    preset: Literal["pretrained", "tiny", "scratch"] = Field(
+        "pretrained",
+        description="tiny builds small random encoders from configs (tests, demo); scratch builds "
+        "the named encoders' real architectures (CLIP ViT-B/16, wav2vec2-base) with random weights",
     )
     modalities: Literal["audio_video", "video", "audio"] = "audio_video"
     visual: EncoderConfig = EncoderConfig(name="openai/clip-vit-base-patch16")
@@ -91,6 +105,11 @@ class ModelConfig(_Strict):
         10.0, ge=1.0, description="cap on the AU BCE positive weights (negatives/positives from the train manifest)"
     )
     loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="CE label smoothing (0: off)")
+    smooth: int = Field(
+        0, ge=0, description="frames of a centred moving average over per-frame probabilities, in "
+        "training's evaluation and as predict's default --smooth (0: off)",
+    )
     class_weights: bool = Field(True, description="weight CE by inverse train label frequency")
     focal_gamma: float = Field(2.0, ge=0.0)
     contrastive_weight: float = Field(0.1, ge=0.0, description="0 turns the text-guided loss off")

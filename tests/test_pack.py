@@ -109,8 +109,9 @@ def test_manifest_lists_settings_histogram_and_format(demo_shards: Path):
     assert all(f <= 32 for s in manifest.shards for f in s.sample_frames)
 
 
-def test_two_person_video_without_crops_packs_left_and_right_halves(tmp_path: Path, ray_local):
-    """A two-person video: left half of each frame for <name>_left, right half for _right."""
+def test_two_person_video_packed_with_faces_frame_takes_left_and_right_halves(tmp_path: Path, ray_local):
+    """`faces="frame"` (frames that already are faces): left half of each frame for
+    <name>_left, right half for _right. The face tracker's mapping is in test_faces.py."""
 
     def halves(index: int, width: int, height: int) -> np.ndarray:
         img = np.zeros((height, width, 3), np.uint8)
@@ -122,7 +123,7 @@ def test_two_person_video_without_crops_packs_left_and_right_halves(tmp_path: Pa
     write_video(src / "videos" / "duo.mp4", 20, size=(128, 64), pixels=halves, audio_rate=None)
     for side in ("left", "right"):
         write_annotation(src / "annotations" / "Train_Set" / f"duo_{side}.txt", [4] * 20)
-    pack_corpus(src, tmp_path / "out", chunk_frames=32, face_size=32, shard_mb=1, progress=False)
+    pack_corpus(src, tmp_path / "out", chunk_frames=32, face_size=32, shard_mb=1, progress=False, faces="frame")
     samples = {json.loads(s["json"])["track"]: s for s in wds.WebDataset(str(tmp_path / "out/train/shard-000000.tar"), shardshuffle=False)}
     assert sorted(samples) == ["duo_left", "duo_right"]
     left = decord.VideoReader(io.BytesIO(samples["duo_left"]["mp4"]))[5].asnumpy().mean()
@@ -312,7 +313,8 @@ def test_real_faces_and_speech_pack_and_load(shared_data: Path, tmp_path: Path, 
     clip = speech[: int(frames / 25 * rate)]
     write_muxed_video(src / "videos" / "realmix.mp4", np.repeat(faces, 3, axis=0), 25, clip, rate)
     write_annotation(src / "annotations" / "Validation_Set" / "realmix.txt", [4] * frames)
-    pack_corpus(src, tmp_path / "out", chunk_frames=32, face_size=64, shard_mb=1, progress=False)
+    # each frame is one whole 48x48 FER face, so the frame is the face
+    pack_corpus(src, tmp_path / "out", chunk_frames=32, face_size=64, shard_mb=1, progress=False, faces="frame")
     data = DataConfig(window=16, stride=16, image_size=64, batch_size=4, loader_workers=0)
     loader = make_loader(str(tmp_path / "out"), "validation", data, train=False)
     labelled, voiced, energy = 0, 0, 0.0

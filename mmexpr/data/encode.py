@@ -17,12 +17,16 @@ is shorter) as three members:
   absent key means the task is unknown for every frame.
 
 Where the face comes from, per track (`track_face`, the one place that decides):
-- `cropped_aligned/<track>/<00001>.jpg` when that folder exists; a missing crop, which
-  Aff-Wild2 has where no face was detected (often hundreds in a row), is no face: a black
-  frame with face 0, which the model treats as a missing visual input (its label stays);
-- otherwise the whole frame resized to face_size x face_size, or, for a two-person video
-  without crops, the left half of the frame for `<name>_left` and the right half for
-  `<name>_right`. That is a crude stand-in for a face tracker and is documented as such.
+- `cropped_aligned/<track>/<00001>.jpg` when that folder exists (a missing crop, which
+  Aff-Wild2 has where no face was detected, has no face);
+- otherwise, with `faces="detect"` (the default), the face tracker of `mmexpr/faces/`: a
+  first pass over the video detects and links faces (or takes them from `job.faces`, the
+  per-video cache pack keeps), a second cuts each track's aligned crop per frame; a frame
+  where the track has no detection has no face;
+- with `faces="frame"` (sources whose frames already are the face, like the synthetic
+  corpus), the whole frame, or its left / right half for `<name>_left` / `<name>_right`.
+A frame without a face is stored black and counted 0 in the json's `"face"` list (one 0/1
+per frame); its label stays, so the audio still trains on it.
 
 Encoding and scaling run single-threaded (`threads=1`, bitexact scaling and muxing) and
 fresh memory is filled with a fixed byte (`fixed_fresh_memory`), so the same input gives
@@ -45,6 +49,16 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.sources import TrackSource, VideoJob
+from mmexpr.faces.align import align_face
+from mmexpr.faces.detect import Detection, Detector, DetectorSettings
+from mmexpr.faces.track import TrackerSettings
+from mmexpr.faces.video import (
+    FaceVideoError,
+    VideoFaces,
+    cache_matches,
+    detect_video,
+    faces_for_tracks,
+)
 from mmexpr.labels import IGNORE, NUM_CLASSES, TASKS, FitResult, LabelFileError, fit_to_frames
 
 SAMPLE_RATE = 16000
@@ -68,6 +82,8 @@ class PackSettings:
     preset: str = "veryfast"
     tune: str = "fastdecode"  # no CABAC, no deblocking: ~20% faster decode, ~5% larger
     sample_rate: int = SAMPLE_RATE
+    faces: str = "detect"  # "detect": face tracker for tracks without crops; "frame": the frame is the face
+    min_face: int = DetectorSettings.min_face
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +109,8 @@ class VideoResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     fitted: list[tuple[str, FitResult]] = field(default_factory=list)
     frames: int = 0
+    faces: str | None = None  # detections made by this task (VideoFaces json), for pack's cache
+    faceless: list[str] = field(default_factory=list)  # tracks without a face in any frame
 
 
 def sample_key(track: str, first_frame: int) -> str:
@@ -166,49 +184,44 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
     return mono
 
 
-def _crop_frame(folder: str, index: int, size: int) -> np.ndarray | None:
+def _crop_frame(folder: str, index: int) -> np.ndarray | None:
     from PIL import Image
 
     path = Path(folder) / f"{index + 1:05d}.jpg"
     if not path.is_file():
         return None
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+        return np.asarray(img.convert("RGB"))
 
 
-def track_face(track: TrackSource, frame: av.VideoFrame | None, index: int, size: int) -> np.ndarray | av.VideoFrame | None:
-    """The track's face in source frame `index`: an RGB crop (or the source frame, for a track
-    that is the whole picture), or None when the frame shows no face (a crop Aff-Wild2 left
-    out). Every source of faces (crop folders, halves, a face tracker) answers here."""
+def track_face(
+    track: TrackSource, rgb: np.ndarray | None, index: int, size: int, located: dict[int, Detection] | None
+) -> np.ndarray | None:
+    """The RGB face of `track` in source frame `index` (any size: the encoder scales it), or
+    None when that frame has no face. `located` holds the tracker's detections of this track
+    (frame -> detection) when its faces come from the detector."""
     if track.crops is not None:
-        return _crop_frame(track.crops, index, size)
-    assert frame is not None
+        return _crop_frame(track.crops, index)
+    assert rgb is not None
+    if located is not None:
+        found = located.get(index)
+        return None if found is None else align_face(rgb, found.landmarks, size)
     if track.side:
-        rgb = frame.to_ndarray(format="rgb24", threads=1, interpolation=SCALE_EXACT)
         half = rgb.shape[1] // 2
         return np.ascontiguousarray(rgb[:, :half] if track.side == "left" else rgb[:, half:])
-    return frame
+    return rgb
 
 
-def _face(
-    track: TrackSource, frame: av.VideoFrame | None, index: int, size: int, scaler: VideoReformatter
-) -> tuple[av.VideoFrame, bool]:
-    """The track's face for one source frame as a yuv420p frame ready for the encoder, and
-    whether a face is there (no face: a black frame).
+def _encoder_frame(face: np.ndarray | None, size: int, scaler: VideoReformatter) -> av.VideoFrame:
+    """A face (or black, for None) as a yuv420p frame ready for the encoder.
 
     One reformatter per track keeps its scaling context between frames; building a new
-    one per frame (what VideoFrame.reformat does) costs more than the encoding. Scaling is
-    single-threaded and bitexact: swscale's default picks its thread count from the CPUs it
-    finds and slices the picture by it, which changed pixels between packs of one corpus.
+    one per frame (what VideoFrame.reformat does) costs more than the encoding.
     """
-    face = track_face(track, frame, index, size)
-    present = face is not None
     if face is None:
         face = np.zeros((size, size, 3), np.uint8)
-    if isinstance(face, np.ndarray):
-        face = av.VideoFrame.from_ndarray(face, format="rgb24")
-    return scaler.reformat(face, width=size, height=size, format="yuv420p", interpolation=SCALE_EXACT,
-                           threads=1), present
+    frame = av.VideoFrame.from_ndarray(face, format="rgb24")
+    return scaler.reformat(frame, width=size, height=size, format="yuv420p", interpolation=SCALE_EXACT, threads=1)
 
 
 def fixed_fresh_memory() -> None:
@@ -284,21 +297,24 @@ class ChunkEncoder:
         self.settings = settings
         self.rate = rate
         self.pending: list[av.VideoFrame] = []
-        self.chunks: list[tuple[int, int, bytes]] = []  # (first_frame, frames, mp4)
-        self.face: list[int] = []  # per frame of the track: 1 face present, 0 none
+        self.present: list[int] = []
+        self.chunks: list[tuple[int, int, bytes, list[int]]] = []  # (first_frame, frames, mp4, face 0/1)
         self.next_first = 0
+        self.faces = 0
 
-    def add(self, face: av.VideoFrame, present: bool = True) -> None:
+    def add(self, face: av.VideoFrame, present: bool) -> None:
         self.pending.append(face)
-        self.face.append(int(present))
+        self.present.append(int(present))
+        self.faces += int(present)
         if len(self.pending) == self.settings.chunk_frames:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            self.chunks.append((self.next_first, len(self.pending), self._encode(self.pending)))
+            self.chunks.append((self.next_first, len(self.pending), self._encode(self.pending), self.present))
             self.next_first += len(self.pending)
             self.pending = []
+            self.present = []
 
     def _encode(self, faces: list[av.VideoFrame]) -> bytes:
         s = self.settings
@@ -386,6 +402,31 @@ def _chunk_audio(audio: np.ndarray | None, first: int, frames: int, fps: float, 
     return piece
 
 
+def _located_faces(job: VideoJob, settings: PackSettings, result: VideoResult) -> dict[str, dict[int, Detection] | None]:
+    """Per track, frame -> detection where its faces come from the tracker (None: they do not).
+
+    Detections come from `job.faces` (pack's per-video cache) when that was made of this file
+    with these settings; otherwise this task detects them and hands them back in
+    `result.faces` for the cache.
+    """
+    needs = [t for t in job.tracks if t.crops is None]
+    if settings.faces == "frame" or not needs:
+        return {t.name: None for t in job.tracks}
+    detector, tracker = DetectorSettings(min_face=settings.min_face), TrackerSettings()
+    faces = None
+    if job.faces:
+        try:
+            cached = VideoFaces.from_json(job.faces)
+            faces = cached if cache_matches(cached, job.path, detector, tracker) else None
+        except (ValueError, KeyError, TypeError, IndexError):
+            faces = None
+    if faces is None:
+        result.faces = detect_video(job.path, Detector(detector), tracker).to_json()
+        faces = VideoFaces.from_json(result.faces)  # as a re-pack reads it back: the same bytes
+    mapped = faces_for_tracks(faces, [t.side for t in needs])
+    return {t.name: mapped[t.side] if t.crops is None else None for t in job.tracks}
+
+
 def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
     """All samples of one video (one Ray task). A video that cannot be read is skipped whole."""
     result = VideoResult(job.video, job.split)
@@ -395,16 +436,20 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         encoders = {t.name: ChunkEncoder(settings, rate) for t in job.tracks}
         scalers = {t.name: VideoReformatter() for t in job.tracks}
         decode = any(t.crops is None for t in job.tracks)
+        located = _located_faces(job, settings, result)
         frames = 0
         for index, frame in enumerate(source_frames(job.path, decode)):
+            rgb = frame.to_ndarray(format="rgb24", threads=1, interpolation=SCALE_EXACT) if frame is not None else None
             for track in job.tracks:
-                encoders[track.name].add(*_face(track, frame, index, settings.face_size, scalers[track.name]))
+                face = track_face(track, rgb, index, settings.face_size, located[track.name])
+                encoders[track.name].add(_encoder_frame(face, settings.face_size, scalers[track.name]), face is not None)
             frames = index + 1
         audio = read_audio(job.path, settings.sample_rate)
-    except (VideoReadError, av.error.FFmpegError) as exc:
+    except (VideoReadError, FaceVideoError, av.error.FFmpegError) as exc:
         result.skipped.append((job.path, f"unreadable video: {exc}"))
         return result
     result.frames = frames
+    result.faceless = [t.name for t in job.tracks if encoders[t.name].faces == 0]
     fps = float(rate)
     for track in job.tracks:
         try:
@@ -415,18 +460,17 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
         result.fitted.append((track.name, fit))
         encoder = encoders[track.name]
         encoder.flush()
-        for first, count, mp4 in encoder.chunks:
+        for first, count, mp4, present in encoder.chunks:
             labels = fit.labels[first : first + count]
             va, au = (None if other[t] is None else other[t][first : first + count] for t in ("va", "au"))
-            face = encoder.face[first : first + count]
             meta = {
+                "face": present,
                 "video": job.video,
                 "track": track.name,
                 "first_frame": first,
                 "frames": count,
                 "fps": fps,
                 "labels": [int(v) for v in labels],
-                "face": face,
                 "words": _chunk_words(job, first, count, fps),
                 "source": job.path,
                 "annotation": track.annotation,
@@ -443,7 +487,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
             result.samples.append(
                 Sample(
                     sample_key(track.name, first), members, count, _label_counts(labels), task_stats(va, au),
-                    count - sum(face),
+                    count - sum(present),
                 )
             )
     return result

@@ -61,6 +61,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmexpr.config import DataConfig
+from mmexpr.data.augment import Augment, augment_audio, augment_frames
 from mmexpr.data.batch import Batch, BatchArrays, frame_sample
 from mmexpr.data.decode import MemberError, decode_video, decode_wav
 from mmexpr.data.manifest import Manifest, ManifestError, manifest_path, read_manifest
@@ -352,13 +353,17 @@ def sample_face(meta: dict, lo: int, hi: int) -> np.ndarray | None:
 class BatchBuilder:
     """Batches (batch.py) from decoded samples and the plan's window references."""
 
-    def __init__(self, window: int, image_size: int, sample_rate: int) -> None:
+    def __init__(self, window: int, image_size: int, sample_rate: int, audio_context_s: float = 0.0,
+                 augment: Augment | None = None, rng: np.random.Generator | None = None) -> None:
         self.T = window
         self.size = image_size
         self.rate = sample_rate
+        self.context = audio_context_s
+        self.augment = augment if augment is not None and augment.active else None
+        self.rng = rng or np.random.default_rng(0)
 
     def build(self, windows: list[tuple[WindowRef, Decoded | None]], batch_size: int) -> Batch:
-        arrays = BatchArrays(batch_size, self.T, self.size, self.rate)
+        arrays = BatchArrays(batch_size, self.T, self.size, self.rate, audio_context_s=self.context)
         for b, (ref, dec) in enumerate(windows):
             if dec is None:  # corrupt sample or padding: a fully masked window
                 continue
@@ -376,8 +381,17 @@ class BatchBuilder:
             span = (frame_sample(lo, fps, self.rate), frame_sample(hi, fps, self.rate))
             arrays.put(b, dec.frames[lo:hi], fps=fps, start=meta["first_frame"] + lo, track=meta["track"],
                        labels=labels, va=va, au=au, audio=dec.audio if dec.has_audio else None, audio_span=span,
-                       face=sample_face(meta, lo, hi))
+                       face=sample_face(meta, lo, hi), audio_limit=(0, len(dec.audio)))
+        if self.augment is not None:
+            self._augment(arrays)
         return arrays.batch()
+
+    def _augment(self, arrays: BatchArrays) -> None:
+        for b in range(len(arrays.track)):
+            if self.augment.faces:
+                augment_frames(arrays.video[b], int(arrays.mask[b].sum()), self.rng, self.augment)
+            if self.augment.voices:
+                augment_audio(arrays.audio[b], int(arrays.audio_len[b]), self.rng, self.augment)
 
 
 # ---------------------------------------------------------------- the dataset and the loader
@@ -397,6 +411,8 @@ class WindowDataset(IterableDataset):
         sample_rate: int,
         start_epoch: int,
         skip: list[int],
+        audio_context_s: float = 0.0,
+        augment: Augment | None = None,
     ) -> None:
         self.manifest = manifest
         self.layout = layout
@@ -405,6 +421,8 @@ class WindowDataset(IterableDataset):
         self.start_epoch = start_epoch
         self.skip = skip  # batches to skip, per worker
         self.verify = True
+        self.audio_context_s = audio_context_s
+        self.augment = augment if layout.train else None  # evaluation sees the data as packed
 
     def __iter__(self):
         info = get_worker_info()
@@ -415,7 +433,9 @@ class WindowDataset(IterableDataset):
 
     def _stream(self, worker: int):
         manifest, layout = self.manifest, self.layout
-        builder = BatchBuilder(layout.window, self.image_size, self.sample_rate)
+        rng = np.random.default_rng([layout.seed, self.start_epoch, layout.rank, worker, 4099])
+        builder = BatchBuilder(layout.window, self.image_size, self.sample_rate, self.audio_context_s,
+                               self.augment, rng)
         reader = ShardReader(manifest, self.verify)
         queue: deque[SampleRef] = deque()  # samples introduced, not fetched yet, in stream order
         raw: dict[SampleRef, dict | None] = {}
@@ -562,7 +582,8 @@ class WindowLoader:
         W = self.layout.workers
         done = self._consumed if self.layout.train else 0
         skip = [done // W + (1 if w < done % W else 0) for w in range(W)]
-        dataset = WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch, skip)
+        dataset = WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch,
+                                skip, self.data.audio_context_s, augment_of(self.data))
         dataset.verify = self.data.verify_shards
         return dataset
 
@@ -585,7 +606,7 @@ class WindowLoader:
             handed += 1
             yield batch
         if not self.layout.train:
-            empty = BatchBuilder(self.layout.window, self.image_size, self.sample_rate)
+            empty = BatchBuilder(self.layout.window, self.image_size, self.sample_rate, self.data.audio_context_s)
             for _ in range(handed, self.steps_per_epoch):
                 yield empty.build([], self.layout.batch_size)
 
@@ -618,6 +639,10 @@ def make_loader(
             f"{layout.workers}); use fewer workers or pack with smaller --chunk-frames"
         )
     return WindowLoader(manifest, layout, data, state)
+
+
+def augment_of(data: DataConfig) -> Augment:
+    return Augment(faces=data.augment_faces, voices=data.augment_voices)
 
 
 def _layout_of(data: DataConfig, train: bool, rank: int, world_size: int, seed: int) -> Layout:

@@ -30,19 +30,29 @@ import shutil
 import tarfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from mmexpr.data.encode import PackSettings, VideoResult, pack_video
 from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
-from mmexpr.data.sources import EXPECTED_SHAPE, Discovery, Skipped, SourceError, VideoJob, discover
+from mmexpr.data.sources import (
+    EXPECTED_SHAPE,
+    FACE_MODES,
+    Discovery,
+    Skipped,
+    SourceError,
+    VideoJob,
+    discover,
+    faces_mode,
+)
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
 from mmexpr.progress import Progress
 
 WORK = ".work"
+FACES = ".faces"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -83,6 +93,7 @@ class PackSummary:
     seconds: float = 0.0
     packed_frames: int = 0  # frames encoded in this run (0 if everything was already there)
     packed_seconds_of_video: float = 0.0
+    faceless: list[str] = field(default_factory=list)  # tracks in which no face was found
 
     def __str__(self) -> str:
         if self.splits and all(s.already_packed for s in self.splits.values()):
@@ -98,6 +109,9 @@ class PackSummary:
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
         lines += [s.task_line() for s in self.splits.values() if s.tasks]
+        if self.faceless:
+            lines.append(f"no face in any frame of {len(self.faceless)} track(s) (packed with face 0, audio kept):")
+            lines += [f"  {name}" for name in self.faceless]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} input(s):")
             lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
@@ -185,6 +199,7 @@ def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
         ],
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
         "fitted": [[name, f.padded, f.truncated] for name, f in result.fitted],
+        "faceless": sorted(result.faceless),
     }
     _atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, sort_keys=True)))
     return meta
@@ -269,6 +284,24 @@ def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
     return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
 
 
+def _faces_cache(out: Path, video: str) -> Path:
+    """Detections of one video, kept beside the splits: `--overwrite` replaces shards, not them
+    (the detections depend on the video and the detector settings, both checked on use)."""
+    return out / FACES / f"{video}.json"
+
+
+def _with_cached_faces(job: VideoJob, out: Path) -> VideoJob:
+    path = _faces_cache(out, job.video)
+    return replace(job, faces=path.read_text()) if path.is_file() else job
+
+
+def _keep_faces(out: Path, result: VideoResult) -> None:
+    if result.faces:
+        path = _faces_cache(out, result.video)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda tmp: tmp.write_text(result.faces))
+
+
 def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:
     """Pack `jobs` as Ray tasks; write each video's part as soon as it arrives. Returns metas."""
     import ray
@@ -277,7 +310,7 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
     started = _start_ray(ray_address, num_cpus)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
-        pending = {task.remote(job, settings): job for job in jobs}
+        pending = {task.remote(_with_cached_faces(job, out), settings): job for job in jobs}
         sizes = [max(len(t.labels) for t in job.tracks) for job in jobs]
         total_frames = sum(sizes) if all(sizes) else None  # a test-list video's length is known once packed
         videos = 0
@@ -289,6 +322,7 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
                     result: VideoResult = ray.get(done[0])
                 except Exception as exc:  # a crashed task must not stop the run
                     result = VideoResult(job.video, job.split, skipped=[(job.path, f"pack task failed: {exc}")])
+                _keep_faces(out, result)
                 metas[job.video] = _write_part(out / job.split, result, job)
                 videos += 1
                 bar.update(result.frames, videos=f"{videos}/{len(jobs)}")
@@ -352,6 +386,7 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         "videos": sum(1 for job in jobs if metas[job.video]["samples"]),
         "faceless_frames": {"total": sum(faceless.values()), "tracks": faceless},
         "tasks": split_task_stats([sample for job in jobs for sample in metas[job.video]["samples"]]),
+        "faceless_tracks": sorted(t for job in jobs for t in metas[job.video].get("faceless", [])),
     }
     if listed is not None:
         packed = set(tracks)
@@ -414,16 +449,22 @@ def pack_corpus(
     num_cpus: int | None = None,
     annotations: str | os.PathLike | None = None,
     test_list: str | os.PathLike | None = None,
+    faces: str | None = None,
+    min_face: int = PackSettings.min_face,
 ) -> PackSummary:
     """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json; with
-    `test_list`, also split `test`: the listed tracks, every label -1."""
-    if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0:
+    `test_list`, also split `test`: the listed tracks, every label -1. `faces`: "detect" or
+    "frame" for tracks without `cropped_aligned/` (None: `faces_mode`)."""
+    if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0 or min_face < 12:
         raise UserError(
             f"pack settings: chunk_frames={chunk_frames} (>= 1), face_size={face_size} (even, >= 16), "
-            f"shard_mb={shard_mb} (> 0)"
+            f"shard_mb={shard_mb} (> 0), min_face={min_face} (>= 12)"
         )
+    faces = faces or faces_mode(source)
+    if faces not in FACE_MODES:
+        raise UserError(f"pack settings: faces={faces!r}; expected one of {', '.join(FACE_MODES)}")
     begin = time.perf_counter()
-    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size, faces=faces, min_face=min_face)
     run = _run_settings(settings, shard_mb)
     found = discover(source, splits, annotations=annotations, test_list=test_list)
     if not found.jobs:
@@ -459,6 +500,7 @@ def pack_corpus(
         jobs = jobs_by_split[split]
         skipped = _split_skipped(found, split, metas, jobs)
         summary.skipped += [s for s in skipped if s not in summary.skipped]
+        summary.faceless += sorted(t for j in jobs for t in metas[j.video].get("faceless", []))
         if not any(metas[j.video]["samples"] for j in jobs):
             summary.splits[split] = SplitSummary(split)
             continue

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mmexpr.errors import UserError
+from mmexpr.faces.video import VIDEO_SUFFIXES
 from mmexpr.labels import (
     IGNORE,
     LabelFileError,
@@ -43,8 +44,6 @@ from mmexpr.labels import (
     split_track,
     track_name,
 )
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 # Aff-Wild2 folder names -> our split names; anything else becomes its lowercase name.
 SPLIT_NAMES = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
@@ -117,6 +116,7 @@ class VideoJob:
     path: str
     tracks: tuple[TrackSource, ...]
     words: tuple[Word, ...] = ()
+    faces: str | None = None  # cached detections of this video (faces.video.VideoFaces json), if any
 
 
 @dataclass
@@ -127,6 +127,22 @@ class Discovery:
 
     def splits(self) -> list[str]:
         return sorted({job.split for job in self.jobs})
+
+
+FACE_MODES = ("detect", "frame")
+
+
+def faces_mode(root: str | Path) -> str:
+    """Where faces come from for tracks without crops when the user does not say: "frame" for
+    a corpus written by `mmexpr synth` (its drawn face is the frame, and no detector is trained
+    on drawn faces), "detect" for everything else."""
+    from mmexpr.synth.corpus import GENERATOR
+
+    try:
+        facts = json.loads((Path(root) / "corpus.json").read_text())
+    except (OSError, ValueError):
+        return "detect"
+    return "frame" if isinstance(facts, dict) and facts.get("generator") == GENERATOR else "detect"
 
 
 def split_name(folder: str) -> str:

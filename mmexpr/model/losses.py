@@ -45,11 +45,13 @@ class FrameLoss(nn.Module):
     """Cross-entropy (optionally class-weighted) or focal loss over labelled frames."""
 
     def __init__(
-        self, kind: str = "ce", weights: torch.Tensor | None = None, gamma: float = 2.0
+        self, kind: str = "ce", weights: torch.Tensor | None = None, gamma: float = 2.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.kind = kind
         self.gamma = gamma
+        self.label_smoothing = label_smoothing if kind == "ce" else 0.0
         self.register_buffer("weights", weights if weights is not None else torch.ones(NUM_CLASSES))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ class FrameLoss(nn.Module):
             return logits.sum() * 0.0  # keeps the graph (DeepSpeed expects a loss with grad)
         logits, labels = logits[valid], labels[valid]
         weight = self.weights.float()[labels]
-        nll = F.cross_entropy(logits, labels, reduction="none")
+        nll = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
         if self.kind == "focal":
             p_true = torch.exp(-nll)
             nll = (1.0 - p_true).pow(self.gamma) * nll

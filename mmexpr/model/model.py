@@ -84,7 +84,7 @@ class ExprModel(nn.Module):
         weights = (
             class_weights_from_counts(class_counts) if cfg.class_weights and class_counts else None
         )
-        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma)
+        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma, cfg.label_smoothing)
         self.va_head = VAHead(d, cfg.dropout) if "va" in self.tasks else None
         self.au_head = AUHead(d, cfg.dropout) if "au" in self.tasks else None
         if self.au_head is not None:
@@ -129,7 +129,7 @@ class ExprModel(nn.Module):
             feats, feat_len = self.audio(batch.audio, batch.audio_len)
             a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
             a, audio_mask = align_audio(
-                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE
+                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE, batch.audio_offset
             )
             audio_mask = audio_mask & mask
         if self.training and self.fusion is not None:

@@ -43,6 +43,7 @@ from mmexpr.data.encode import PackSettings
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, write_task_submission
 from mmexpr.metrics import Scores, TaskScores, au_score, score, va_score
+from mmexpr.model.heads import smooth_probabilities
 from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
@@ -61,6 +62,7 @@ class PredictOptions:
     splits: list[str] | None = None
     video_names: list[str] | None = None  # with --videos: only these videos (names without suffix)
     stride: int | None = None
+    smooth: int | None = None  # frames of probability smoothing; None: the job's model.smooth
     batch_size: int | None = None
     workers: int = 1
     device: str = "auto"
@@ -116,14 +118,15 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def window_batch(buffer: TrackBuffer, starts: list[int], window: int) -> Batch:
+def window_batch(buffer: TrackBuffer, starts: list[int], window: int, audio_context_s: float = 0.0) -> Batch:
     """The unlabelled windows of one track starting at `starts`, built as the loader builds them."""
-    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False)
+    arrays = BatchArrays(len(starts), window, buffer.frames.shape[1:3], buffer.sample_rate, labelled=False,
+                         audio_context_s=audio_context_s)
     for i, s in enumerate(starts):
         e = min(s + window, buffer.total)
         arrays.put(i, buffer.window(s, e), fps=buffer.fps, start=s, track=buffer.name,
                    audio=buffer.audio if buffer.has_audio else None,
-                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e])
+                   audio_span=buffer.audio_span(s, e), face=buffer.face[s:e], audio_limit=buffer.chunk_audio(s))
     return arrays.batch()
 
 
@@ -140,13 +143,14 @@ def au_thresholds(model: torch.nn.Module) -> np.ndarray:
     return buffer.detach().float().cpu().numpy() if buffer is not None else np.full(NUM_AUS, 0.5)
 
 
-def task_predictions(outputs: dict[str, np.ndarray], thresholds: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per task (submitted values, saved per-frame outputs): expr (class, probabilities), va
-    (values, values), au (0/1 at the thresholds, probabilities)."""
+def task_predictions(outputs: dict[str, np.ndarray], thresholds: np.ndarray,
+                     smooth: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task (submitted values, saved per-frame outputs): expr (class, probabilities smoothed
+    over `smooth` frames), va (values, values), au (0/1 at the thresholds, probabilities)."""
     out = {}
     for task, values in outputs.items():
         if task == "expr":
-            probs = softmax(values).astype(np.float32)
+            probs = smooth_probabilities(softmax(values), smooth).astype(np.float32)
             out[task] = (probs.argmax(axis=1), probs)
         elif task == "va":
             va = np.clip(values, -1, 1).astype(np.float32)
@@ -163,9 +167,10 @@ class StreamedTrack:
     Each of the model's tasks has its own stitcher (expr logits, va values, au logits)."""
 
     def __init__(self, first: Piece, *, window: int, stride: int, sample_rate: int,
-                 tasks: tuple[str, ...] = ("expr",)) -> None:
+                 tasks: tuple[str, ...] = ("expr",), audio_context_s: float = 0.0) -> None:
         self.buffer = TrackBuffer(first, sample_rate)
         self.window = window
+        self.audio_context_s = audio_context_s
         self.starts = window_starts(first.total, window, stride)
         self.next = 0
         self.stitchers = {t: LogitStitcher(first.total, OUTPUTS[t][1]) for t in tasks}
@@ -196,7 +201,7 @@ class StreamedTrack:
         self.buffer.add(piece)
         while (ready := self._arrived()) >= batch_size or (ready and self.buffer.done):
             part = self.starts[self.next : self.next + min(ready, batch_size)]
-            batch = window_batch(self.buffer, part, self.window)
+            batch = window_batch(self.buffer, part, self.window, self.audio_context_s)
             out = model(batch.to(device))
             values = {t: out[OUTPUTS[t][0]].float().cpu().numpy() for t in self.stitchers}
             for j, s in enumerate(part):
@@ -221,6 +226,8 @@ def predict_dataset(
     device: torch.device,
     workers: int = 1,
     progress: bool = True,
+    smooth: int = 0,
+    audio_context_s: float = 0.0,
 ) -> tuple[int, int, list[str], TaskScores]:
     """Predict every track of `dataset` and write each task's files; (tracks, frames, problems,
     scores of every task whose labels the input has).
@@ -243,13 +250,14 @@ def predict_dataset(
             track = open_tracks.get(piece.track)
             if track is None:
                 track = open_tracks[piece.track] = StreamedTrack(piece, window=window, stride=stride,
-                                                                 sample_rate=sample_rate, tasks=tasks)
+                                                                 sample_rate=sample_rate, tasks=tasks,
+                                                                 audio_context_s=audio_context_s)
             track.feed(piece, model, batch_size, device)
             if not track.finished:
                 continue
             del open_tracks[piece.track]
             buffer = track.buffer
-            for task, (values, saved) in task_predictions(track.outputs(), thresholds).items():
+            for task, (values, saved) in task_predictions(track.outputs(), thresholds, smooth).items():
                 write_task_submission(out / task / f"{buffer.name}.txt", task, buffer.name, values)
                 np.save(out / task / f"{buffer.name}.npy", saved)
                 known = buffer.task_labels(task)
@@ -296,16 +304,19 @@ def check_out(out: Path) -> None:
         )
 
 
-def pack_settings_of(job) -> PackSettings:
+def pack_settings_of(job) -> PackSettings | None:
     """The settings the model's training shards were packed with, so raw videos are cropped and
-    compressed the same way; pack's defaults when those shards are not here."""
+    compressed the same way (shards from before the face tracker took the whole frame); None
+    when those shards are not here."""
     from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
 
     try:
         settings = read_manifest(manifest_path(job.data.shards, job.data.train_split)).settings
-        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]))
+        return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]),
+                            faces=str(settings.get("faces", "frame")),
+                            min_face=int(settings.get("min_face", PackSettings.min_face)))
     except (ManifestError, KeyError, ValueError, OSError):
-        return PackSettings()
+        return None
 
 
 def load_model(opts: PredictOptions):
@@ -334,6 +345,9 @@ def predict(opts: PredictOptions) -> PredictSummary:
     if not 1 <= stride <= window:
         raise UserError(f"--stride {stride}: must be between 1 and the window ({window})")
     missing: list[str] = []
+    smooth = job.model.smooth if opts.smooth is None else opts.smooth
+    if smooth < 0:
+        raise UserError(f"--smooth {smooth}: must be 0 (off) or a number of frames")
     if opts.shards:
         dataset: TrackPieces = ShardTracks(opts.shards, opts.splits, job.data.image_size)
         missing = dataset.missing_listed()
@@ -350,6 +364,8 @@ def predict(opts: PredictOptions) -> PredictSummary:
         device=device,
         workers=opts.workers,
         progress=opts.progress,
+        smooth=smooth,
+        audio_context_s=job.data.audio_context_s,
     )
     summary = PredictSummary(
         out=opts.out, source=loaded.source, tracks=tracks, frames=frames,
@@ -359,8 +375,8 @@ def predict(opts: PredictOptions) -> PredictSummary:
     if opts.zip:
         summary.archive = ", ".join(str(write_zip(Path(opts.out) / t, dataset.names)) for t in model_tasks(model))
     meta = {
-        "source": loaded.source, "window": window, "stride": stride, "tracks": tracks, "frames": frames,
-        "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
+        "source": loaded.source, "window": window, "stride": stride, "smooth": smooth, "tracks": tracks,
+        "frames": frames, "input": opts.shards or opts.videos, "problems": missing + problems, "not_predicted": missing,
         "tasks": list(model_tasks(model)),
         "macro_f1": task_scores.expr.macro_f1 if task_scores.expr else None,
         "scores": {t: task_scores.abaw(t) for t in task_scores.present()},

@@ -10,7 +10,8 @@ Two sources of pieces:
 - shards (`ShardTracks` over a manifest): the packed chunks of each track, decoded exactly
   as the training loader decodes them (`loader.decode_sample`);
 - raw videos (`VideoTracks`): each video goes through the pack stage's own
-  `encode.pack_video` (same face crops, same H.264 round trip, same audio resampling), so a
+  `encode.pack_video` (same face crops, from the same face tracker where a track has no
+  `cropped_aligned/` folder, same H.264 round trip, same audio resampling), so a
   model sees at prediction time precisely the kind of input it was trained on; there is no
   second decoder to drift from the first.
 
@@ -161,6 +162,15 @@ class TrackBuffer:
         if self.unreadable:
             out.insert(0, f"{self.name}: {self.unreadable} chunk(s) unreadable, their frames predicted from neighbours")
         return out
+
+    def chunk_audio(self, start: int) -> tuple[int, int]:
+        """The audio samples of the chunk holding frame `start`: the most an audio context
+        reaches, as in the training loader, which sees one chunk at a time."""
+        k = max(int(np.searchsorted(self.chunk_starts, start, side="right")) - 1, 0)
+        first = int(self.chunk_starts[k])
+        end = int(self.chunk_starts[k + 1]) if k + 1 < len(self.chunk_starts) else self.received
+        base = frame_sample(first, self.fps, self.sample_rate)
+        return base, min(base + frame_sample(end - first, self.fps, self.sample_rate), len(self.audio))
 
 
 def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
@@ -325,7 +335,11 @@ class VideoTracks(TrackPieces):
                 raise PredictInputError(f"{video_root}: no video(s) named {unknown}")
         self.names = sorted(names if names is not None else self.videos)
         self.image_size = image_size
-        self.settings = settings or PackSettings()
+        if settings is None:
+            from mmexpr.data.sources import faces_mode
+
+            settings = PackSettings(faces=faces_mode(root))
+        self.settings = settings
 
     def _job(self, video: str):
         from mmexpr.data.encode import source_frames

@@ -7,6 +7,10 @@ what scores need and nothing more: the EXPR confusion matrix, the VA moments (mm
 va_moments) and the AU counts at every candidate threshold; one all_reduce each sums them, and
 the scores come from mmexpr.metrics, the same code the `evaluate` command uses. Rank 0 also
 keeps a sample of VA frames (for the scatter and per-track figures).
+
+With `model.smooth` > 0 the per-frame EXPR probabilities are smoothed over each whole track, as
+predict smooths them: the ranks gather every frame's probabilities, put each track back in
+frame order and smooth it before counting, so the logged F1 and predict's files agree.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from mmexpr.metrics import (
     VA_MOMENTS,
     TaskScores,
     au_scores_from_counts,
+    confusion,
     scores_from_confusion,
     va_scores_from_moments,
 )
+from mmexpr.model.heads import smooth_probabilities
 
 VA_TRACKS = 3  # tracks drawn over time in the VA figure
 VA_POINTS = 4000  # frames kept for the VA scatter
+
+TrackPart = tuple[str, np.ndarray, np.ndarray, np.ndarray]  # track, frames, probabilities, labels
 
 
 def batch_confusion(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,6 +48,45 @@ def batch_confusion(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
     keep = truth != IGNORE
     flat = truth[keep] * NUM_CLASSES + preds[keep]
     return torch.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES).cpu()
+
+
+def window_parts(batch: Batch, logits: torch.Tensor) -> list[TrackPart]:
+    """The real frames of each window: (track, absolute frame numbers, probabilities, labels)."""
+    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    mask = batch.mask.bool().cpu().numpy()
+    labels = batch.labels.cpu().numpy()
+    start = batch.start.cpu().numpy()
+    return [
+        (name, start[b] + np.flatnonzero(mask[b]), probs[b][mask[b]], labels[b][mask[b]])
+        for b, name in enumerate(batch.track)
+        if name and mask[b].any()
+    ]
+
+
+def smoothed_confusion(parts: list[TrackPart], frames: int) -> np.ndarray:
+    """8x8 counts after smoothing each track's probabilities in frame order (a frame seen by
+    two windows keeps its first one; its labels were counted once anyway)."""
+    by_track: dict[str, list[TrackPart]] = {}
+    for part in parts:
+        by_track.setdefault(part[0], []).append(part)
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for track_parts in by_track.values():
+        pos = np.concatenate([p[1] for p in track_parts])
+        order = np.argsort(pos, kind="stable")
+        _, first = np.unique(pos[order], return_index=True)
+        keep = order[first]
+        probs = np.concatenate([p[2] for p in track_parts])[keep]
+        labels = np.concatenate([p[3] for p in track_parts])[keep]
+        matrix += confusion(labels, smooth_probabilities(probs, frames).argmax(axis=1))
+    return matrix
+
+
+def _gather(parts: list[TrackPart]) -> list[TrackPart]:
+    if not dist.is_initialized():
+        return parts
+    everyone: list[list[TrackPart] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, parts)
+    return [p for rank_parts in everyone for p in rank_parts or []]
 
 
 def batch_va_moments(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -104,7 +151,8 @@ def _sum(tensor: torch.Tensor) -> torch.Tensor:
     return summed.cpu()
 
 
-def evaluate(engine, batches: Iterable[Batch], to_device, keep_va_sample: bool = False) -> Evaluation:
+def evaluate(engine, batches: Iterable[Batch], to_device, keep_va_sample: bool = False,
+             smooth: int = 0) -> Evaluation:
     """Scores of every task the model has over the whole validation split (collective: every
     rank calls it)."""
     module = engine.module
@@ -116,12 +164,15 @@ def evaluate(engine, batches: Iterable[Batch], to_device, keep_va_sample: bool =
     counts = torch.zeros(len(AU_THRESHOLDS), NUM_AUS, 3, dtype=torch.int64)
     au_frames = torch.zeros(1, dtype=torch.int64)
     sample = VASample() if keep_va_sample and "va" in tasks else None
+    parts: list[TrackPart] = []
     try:
         with torch.no_grad():
             for batch in batches:
                 batch = to_device(batch)
                 out = engine(batch.without_labels())
-                if "expr" in tasks:
+                if "expr" in tasks and smooth > 1:
+                    parts += window_parts(batch, out["logits"])
+                elif "expr" in tasks:
                     matrix += batch_confusion(out["logits"].float(), batch.labels, batch.mask)
                 if "va" in tasks:
                     moments += batch_va_moments(out["va"], batch.va, batch.mask)
@@ -133,8 +184,12 @@ def evaluate(engine, batches: Iterable[Batch], to_device, keep_va_sample: bool =
                     au_frames += known.sum().cpu()
     finally:
         engine.train(was_training)
+    if smooth > 1 and "expr" in tasks:
+        expr = scores_from_confusion(smoothed_confusion(_gather(parts), smooth))
+    else:
+        expr = scores_from_confusion(np.asarray(_sum(matrix).numpy())) if "expr" in tasks else None
     scores = TaskScores(
-        expr=scores_from_confusion(np.asarray(_sum(matrix).numpy())) if "expr" in tasks else None,
+        expr=expr,
         va=va_scores_from_moments(_sum(moments).numpy()) if "va" in tasks else None,
         au=au_scores_from_counts(_sum(counts).numpy(), int(_sum(au_frames)[0])) if "au" in tasks else None,
     )

@@ -230,7 +230,8 @@ class Trainer:
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
         with torch.random.fork_rng(devices=[]):
-            evaluation = evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0)
+            evaluation = evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0,
+                                  smooth=self.job.model.smooth)
         self._account(loader, d.val_split)
         return evaluation
 
@@ -314,6 +315,8 @@ class Trainer:
                     metrics.update(self._lrs())
                     metrics["train/samples_per_s"] = per_step / seconds
                     metrics["train/data_wait"] = wait / seconds
+                    if self.place.accelerator == "cuda":
+                        metrics["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
                     self.logger.metrics(metrics, p.step)
                     if p.step % t.log_every == 0:
                         self.logger.flush()

@@ -1,0 +1,154 @@
+"""Learning on real inputs (issue 14): the actor-disjoint corpus, the recipe switches, and the
+from-scratch job against its simple baselines on a small version of `bench learn`.
+
+The real-data tests read ../shared/data (FER2013 faces, RAVDESS voices); their modalities
+were not recorded together, so they test learning on real pixels and real speech, not
+audio-visual synchrony.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmexpr.config import load_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_smoothing_removes_a_one_frame_flip_and_keeps_track_length():
+    from mmexpr.model.heads import smooth_probabilities
+
+    probs = np.tile([0.9, 0.1], (30, 1))
+    probs[15] = [0.1, 0.9]
+    out = smooth_probabilities(probs, 5)
+    assert out.shape == probs.shape
+    assert (out.argmax(1) == 0).all()
+    np.testing.assert_allclose(out.sum(1), 1.0)
+    np.testing.assert_array_equal(smooth_probabilities(probs, 0), probs)
+
+
+def test_audio_context_is_centred_on_the_window_and_cut_to_its_chunk():
+    from mmexpr.data.batch import BatchArrays, context_span
+
+    assert context_span((3000, 4000), 4000, (0, 10000)) == (1500, 5500)
+    assert context_span((0, 1000), 4000, (0, 10000)) == (0, 4000)  # shifted right at the start
+    assert context_span((9000, 10000), 4000, (0, 10000)) == (6000, 10000)  # shifted left at the end
+    assert context_span((0, 1000), 4000, (0, 2500)) == (0, 2500)  # the chunk holds less
+    audio = np.arange(32000, dtype=np.float32)
+    arrays = BatchArrays(1, 16, 8, 16000, audio_context_s=1.0)
+    frames = np.zeros((16, 8, 8, 3), np.uint8)
+    arrays.put(0, frames, fps=25, start=0, track="t", audio=audio, audio_span=(16000, 26240))
+    batch = arrays.batch()
+    assert batch.audio.shape[1] == 16000 and int(batch.audio_len[0]) == 16000
+    first = int(batch.audio[0, 0])
+    assert first == 16000 + 5120 - 8000  # centred on the window's own 10240 samples
+    assert batch.audio_offset[0].item() == pytest.approx((16000 - first) / 16000)
+
+
+def test_audio_offset_moves_frames_later_on_the_audio_clock():
+    from mmexpr.model.fusion import align_audio
+
+    feats = torch.arange(100, dtype=torch.float32).view(1, 100, 1)  # 50 features per second
+    args = (feats, torch.tensor([100]), torch.tensor([32000]), torch.tensor([25.0]), 4)
+    plain, _ = align_audio(*args)
+    moved, mask = align_audio(*args, offset=torch.tensor([1.0]))
+    assert torch.allclose(moved - plain, torch.full_like(plain, 50.0))
+    assert mask.all()
+
+
+def test_face_and_voice_augmentation_change_training_windows_only(demo_shards: Path):
+    from mmexpr.data.loader import make_loader
+
+    plain = load_job(REPO / "jobs" / "demo.yaml", [f"data.shards={demo_shards}", "data.loader_workers=0"]).data
+    aug = plain.model_copy(update={"augment_faces": True, "augment_voices": True})
+    a, b = (next(iter(make_loader(str(demo_shards), "train", d, train=True))) for d in (plain, aug))
+    assert torch.equal(a.labels, b.labels) and a.track == b.track
+    assert not torch.equal(a.video, b.video) and not torch.equal(a.audio, b.audio)
+    e1, e2 = (next(iter(make_loader(str(demo_shards), "validation", d, train=False))) for d in (plain, aug))
+    assert torch.equal(e1.video, e2.video) and torch.equal(e1.audio, e2.audio)
+
+
+def test_smoothed_evaluation_equals_predict_files_of_the_same_model(demo_shards: Path, tmp_path: Path,
+                                                                    one_torch_thread):
+    """The F1 training logs with model.smooth and predict's files (stride = window, same
+    smoothing) must be the same number, or choosing the best checkpoint by it would lie."""
+    from mmexpr.data.loader import make_loader
+    from mmexpr.model.model import build_model
+    from mmexpr.predict.predict import predict_dataset
+    from mmexpr.predict.tracks import ShardTracks
+    from mmexpr.train.evaluation import evaluate
+
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"data.shards={demo_shards}", "data.window=8", "data.stride=8",
+                                                 "data.loader_workers=0", "data.audio_context_s=1.0",
+                                                 "model.smooth=9"])
+    torch.manual_seed(0)
+    model = build_model(job.model, [1] * 8).eval()
+
+    class Engine:
+        module = model
+
+        def eval(self):
+            model.eval()
+
+        def train(self, mode):
+            model.train(mode)
+
+        def __call__(self, batch):
+            return model(batch)
+
+    loader = make_loader(str(demo_shards), "validation", job.data, train=False)
+    logged = evaluate(Engine(), loader, lambda b: b, smooth=job.model.smooth).scores.expr
+    unsmoothed = evaluate(Engine(), loader, lambda b: b, smooth=0).scores.expr
+    _, _, _, files = predict_dataset(
+        model, ShardTracks(demo_shards, ["validation"], job.data.image_size), tmp_path / "pred", window=8, stride=8,
+        batch_size=4, sample_rate=16000, device=torch.device("cpu"), workers=0, progress=False,
+        smooth=job.model.smooth, audio_context_s=job.data.audio_context_s,
+    )
+    assert files.expr.macro_f1 == pytest.approx(logged.macro_f1, abs=1e-9)
+    assert files.expr.frames == logged.frames
+    assert logged.matrix.tolist() != unsmoothed.matrix.tolist()  # smoothing did something
+
+
+def test_predict_takes_a_smooth_option():
+    from mmexpr.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "--run", "r", "--shards", "s", "--out", "o", "--smooth", "25"])
+    assert args.smooth == 25
+
+
+def test_from_scratch_job_is_valid_and_uses_the_switches():
+    job = load_job(REPO / "jobs" / "from-scratch.yaml")
+    assert job.data.audio_context_s > 0 and job.model.smooth > 0 and job.model.preset == "tiny"
+
+
+# ---------------------------------------------------------------- real faces and voices
+
+
+def test_muxed_corpus_is_split_by_actor_and_says_modalities_were_not_recorded_together(shared_data: Path,
+                                                                                       tmp_path: Path):
+    from mmexpr.labels import read_annotation
+    from mmexpr.synth.muxed import MuxedSpec, write_muxed_corpus
+    from mmexpr.synth.real import NOT_TOGETHER
+
+    spec = MuxedSpec(actors=4, val_actors=1, test_actors=1, clips_per_actor=4, clips_per_video=4)
+    summary = write_muxed_corpus(tmp_path / "c", spec, shared_data)
+    assert NOT_TOGETHER in str(summary)
+    facts = json.loads((tmp_path / "c" / "corpus.json").read_text())
+    assert facts["note"] == NOT_TOGETHER
+    actors = {split: set(ids) for split, ids in facts["actors"].items()}
+    assert sum(len(a) for a in actors.values()) == 4 == len(set().union(*actors.values()))
+    for split, folder in (("train", "Train_Set"), ("validation", "Validation_Set"), ("test", "Test_Set")):
+        names = sorted((tmp_path / "c" / "annotations" / folder).glob("*.txt"))
+        assert names and {int(n.stem[5:7]) for n in names} == actors[split]
+        labels = read_annotation(names[0])
+        assert labels.min() >= 0 and len(set(labels.tolist())) > 1
+    again = write_muxed_corpus(tmp_path / "c", spec, shared_data)
+    assert again.reused
