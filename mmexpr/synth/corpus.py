@@ -65,6 +65,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mmexpr.data.encode import fixed_fresh_memory
 from mmexpr.data.sources import challenge_folder
 from mmexpr.errors import UserError
 from mmexpr.labels import (
@@ -493,7 +494,11 @@ def _crop_writer(out: Path, people: dict[str, _Person], params: dict[str, np.nda
 
 
 def write_video(out: Path, plan: VideoPlan, spec: SynthSpec) -> dict:
-    """Write one video with its annotations and transcript; return its facts for corpus.json."""
+    """Write one video with its annotations and transcript; return its facts for corpus.json.
+
+    x264 reads bytes it has not written, so fresh memory gets a fixed byte first (as in pack):
+    otherwise the same seed gives other bytes in another process."""
+    fixed_fresh_memory()
     rng = np.random.default_rng([spec.seed, 1, plan.index])
     segments = plan_segments(plan, rng)
     people = _people(plan, rng)
