@@ -145,7 +145,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--zip", action="store_true", help="also write OUT/submission.zip, the archive ABAW uploads")
+    p.add_argument("--zip", action="store_true", help="also write OUT/<task>/submission.zip, the archive ABAW uploads per task")
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:

@@ -91,6 +91,19 @@ class ModelConfig(_Strict):
     fusion_heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance to drop a modality per window in training")
+    tasks: list[Literal["expr", "va", "au"]] = Field(
+        default_factory=lambda: ["expr"],
+        description="frame tasks, one head each on the fused features: expr (8 classes), va (valence, "
+        "arousal), au (12 action units); the first is the one train.best_metric follows by default",
+    )
+    task_weights: dict[Literal["expr", "va", "au"], float] = Field(
+        default_factory=lambda: {"expr": 1.0, "va": 1.0, "au": 1.0},
+        description="loss weight of each task in model.tasks (a task left out weighs 1)",
+    )
+    va_mse_weight: float = Field(0.0, ge=0.0, description="adds this x MSE to the VA loss (1 - CCC per dimension)")
+    au_pos_weight_max: float = Field(
+        10.0, ge=1.0, description="cap on the AU BCE positive weights (negatives/positives from the train manifest)"
+    )
     loss: Literal["ce", "focal"] = "ce"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="CE label smoothing (0: off)")
     smooth: int = Field(
@@ -136,6 +149,11 @@ class TrainConfig(_Strict):
         0, ge=0, description="stop this invocation after N steps with a checkpoint (time slices); 0 runs to max_steps"
     )
     log_every: int = Field(10, ge=1, description="steps between MLflow metric flushes (every step is logged)")
+    best_metric: Literal["auto", "expr", "va", "au", "mean"] = Field(
+        "auto",
+        description="ABAW score that picks the best checkpoint: a task's (EXPR macro F1, VA mean CCC, AU mean F1), "
+        "their mean over model.tasks, or auto (the first task of model.tasks)",
+    )
     progress: bool = Field(True, description="one progress display in the driver (a bar on a terminal, a line every 10 s in a log)")
 
 
@@ -202,6 +220,12 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> JobConfig:
+        if not self.model.tasks or len(set(self.model.tasks)) != len(self.model.tasks):
+            raise ValueError(f"model.tasks: {self.model.tasks}; expected one or more of expr, va, au, each once")
+        if self.train.best_metric not in ("auto", "mean", *self.model.tasks):
+            raise ValueError(
+                f"train.best_metric: {self.train.best_metric!r} is not in model.tasks {self.model.tasks}"
+            )
         if self.model.hidden % self.model.fusion_heads:
             raise ValueError(
                 f"model.hidden ({self.model.hidden}) must be divisible by "

@@ -56,7 +56,7 @@ def test_demo_predict_then_evaluate_equals_the_f1_training_logged_for_that_check
 def test_demo_writes_a_submission_for_every_validation_track_and_frame(quick_demo):
     _, first, work = quick_demo
     corpus = next(work.glob("corpus-*"))
-    out = work / "predictions" / first.run_id / "validation-videos"
+    out = work / "predictions" / first.run_id / "validation-videos" / "expr"
     annotations = sorted((corpus / "annotations" / "Validation_Set").glob("*.txt"))
     assert annotations
     for ann in annotations:

@@ -105,15 +105,15 @@ def test_smoothed_evaluation_equals_predict_files_of_the_same_model(demo_shards:
             return model(batch)
 
     loader = make_loader(str(demo_shards), "validation", job.data, train=False)
-    logged = evaluate(Engine(), loader, lambda b: b, smooth=job.model.smooth)
-    unsmoothed = evaluate(Engine(), loader, lambda b: b, smooth=0)
+    logged = evaluate(Engine(), loader, lambda b: b, smooth=job.model.smooth).scores.expr
+    unsmoothed = evaluate(Engine(), loader, lambda b: b, smooth=0).scores.expr
     _, _, _, files = predict_dataset(
         model, ShardTracks(demo_shards, ["validation"], job.data.image_size), tmp_path / "pred", window=8, stride=8,
         batch_size=4, sample_rate=16000, device=torch.device("cpu"), workers=0, progress=False,
         smooth=job.model.smooth, audio_context_s=job.data.audio_context_s,
     )
-    assert files.macro_f1 == pytest.approx(logged.macro_f1, abs=1e-9)
-    assert files.frames == logged.frames
+    assert files.expr.macro_f1 == pytest.approx(logged.macro_f1, abs=1e-9)
+    assert files.expr.frames == logged.frames
     assert logged.matrix.tolist() != unsmoothed.matrix.tolist()  # smoothing did something
 
 

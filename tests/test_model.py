@@ -46,6 +46,10 @@ def _batch(b: int = 2, t: int = 8, size: int = 48) -> dict:
     batch.mask[0, -2:] = False  # a short chunk: its last two frames are padding
     batch.labels[0, -2:] = IGNORE
     batch.labels[1, 0] = IGNORE
+    batch.va = torch.rand((b, t, 2), generator=g) * 2 - 1
+    batch.va[1, :3] = float("nan")
+    batch.au = torch.randint(0, 2, (b, t, 12), generator=g)
+    batch.au[0, 2] = IGNORE
     return batch
 
 
@@ -106,9 +110,14 @@ def _params_without_grad(model, batch) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
 
 
-@pytest.mark.parametrize("case", ["no labelled frame", "no audio", "fully masked", "no face"])
-@pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"modalities": "audio"}, {"loss": "focal"}],
-                         ids=["paper", "concat", "audio-only", "focal"])
+ALL_TASKS = {"tasks": ["expr", "va", "au"]}
+
+
+@pytest.mark.parametrize("case", ["no labelled frame", "no audio", "fully masked", "no face", "expr labels only",
+                                  "va labels only", "au labels only", "no task labels at all"])
+@pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"modalities": "audio"}, {"loss": "focal"}, ALL_TASKS,
+                                     {"tasks": ["va", "au"], "va_mse_weight": 0.5}],
+                         ids=["paper", "concat", "audio-only", "focal", "three-tasks", "va-au"])
 def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case, changes):
     """ZeRO-1/2 reduce gradients in buckets built from the parameters that got one: if a rank's
     batch leaves a parameter out of the graph (a window of unlabelled frames, say), the ranks
@@ -119,6 +128,20 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case
     batch = _batch()
     if case == "no labelled frame":
         batch.labels[:] = IGNORE
+        batch.va[:] = float("nan")
+        batch.au[:] = IGNORE
+    elif case == "expr labels only":
+        batch.va[:] = float("nan")
+        batch.au[:] = IGNORE
+    elif case == "va labels only":
+        batch.labels[:] = IGNORE
+        batch.au[:] = IGNORE
+    elif case == "au labels only":
+        batch.labels[:] = IGNORE
+        batch.va[:] = float("nan")
+    elif case == "no task labels at all":
+        batch.va = batch.au = None
+        batch.labels[:] = IGNORE
     elif case == "no audio":
         batch.audio_len[:] = 0
     elif case == "no face":
@@ -126,6 +149,33 @@ def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case
     else:
         batch.mask[:] = False
     assert _params_without_grad(model, batch) == []
+
+
+@pytest.mark.parametrize("tasks", [["expr", "va", "au"], ["va"], ["au", "expr"]], ids=",".join)
+def test_each_task_has_its_head_output_and_loss_and_unknown_frames_count_in_none(tasks):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(tasks=tasks), class_counts=None, au_positive_rates=[0.1] * 12).eval()
+    batch = _batch()
+    out = model(batch)
+    assert ("logits" in out) == ("expr" in tasks) and ("contrastive" in out["loss_parts"]) == ("expr" in tasks)
+    if "va" in tasks:
+        assert out["va"].shape == (2, 8, 2) and out["va"].abs().max() < 1
+        assert 0 <= out["loss_parts"]["va"] <= 2
+    if "au" in tasks:
+        assert out["au_logits"].shape == (2, 8, 12)
+        assert model.au_loss.pos_weight[0] == pytest.approx(9.0)
+        assert model.au_thresholds.tolist() == [0.5] * 12
+    with torch.no_grad():
+        first = model(batch)["loss"]
+        batch.va[1, :3] = 0.9  # was unknown: now known, so the loss changes
+        batch.au[0, 2] = 1
+        changed = model(batch)["loss"]
+        batch.mask[0, -2:] = False
+        batch.va[0, -2:] = -0.9  # padding: ignored whatever it says
+        batch.au[0, -2:] = 1
+        assert torch.allclose(changed, model(batch)["loss"])
+    assert ("va" not in tasks and "au" not in tasks) or not torch.allclose(first, changed)
+    assert set(model(batch.without_labels())) >= {"embeddings"} and "loss" not in model(batch.without_labels())
 
 
 @pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"temporal": "transformer"}],

@@ -3,6 +3,7 @@ raw videos through pack's own code, and the error a bad checkpoint gives."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from mmexpr.cli import main
 from mmexpr.config import load_job
-from mmexpr.labels import CLASSES, read_annotation, read_submission
+from mmexpr.labels import CLASSES, read_annotation, read_submission, read_task_submission
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,8 @@ def test_predict_from_shards_writes_a_submission_with_a_label_for_every_frame(
     assert code == 0
     assert "predicted" in capsys.readouterr().out
     annotations = _annotations(demo_corpus)
+    assert sorted(p.name for p in out.iterdir()) == ["au", "expr", "predict.json", "va"]  # a folder per task of the demo model
+    out = out / "expr"
     written = sorted(p.stem for p in out.glob("*.txt"))
     assert written == sorted(annotations)  # one file per track, left/right included
     for track, labels in annotations.items():
@@ -117,8 +120,8 @@ def test_predict_on_raw_videos_matches_predict_on_their_shards(tiny_checkpoint, 
     from_shards = predict(PredictOptions(out=str(tmp_path / "s"), shards=str(demo_shards), **common))
     from_videos = predict(PredictOptions(out=str(tmp_path / "v"), videos=str(demo_corpus), workers=2, **common))
     assert from_videos.tracks == from_shards.tracks == len(_annotations(demo_corpus))
-    for npy in sorted((tmp_path / "s").glob("*.npy")):
-        np.testing.assert_allclose(np.load(tmp_path / "v" / npy.name), np.load(npy), atol=1e-4)
+    for npy in sorted((tmp_path / "s" / "expr").glob("*.npy")):
+        np.testing.assert_allclose(np.load(tmp_path / "v" / "expr" / npy.name), np.load(npy), atol=1e-4)
 
 
 def test_predict_then_evaluate_round_trip_matches_the_scores_predict_reports(
@@ -132,7 +135,7 @@ def test_predict_then_evaluate_round_trip_matches_the_scores_predict_reports(
         PredictOptions(out=str(out), checkpoint=str(tiny_checkpoint), shards=str(demo_shards),
                        splits=["validation"], progress=False)
     )
-    report = evaluate_dirs(out, demo_corpus / "annotations" / "Validation_Set")
+    report = evaluate_dirs(out / "expr", demo_corpus / "annotations" / "Validation_Set")
     assert report.tracks == summary.tracks
     assert report.scores.macro_f1 == pytest.approx(summary.scores.macro_f1, abs=1e-12)
     assert (report.scores.matrix == summary.scores.matrix).all()
@@ -164,6 +167,42 @@ def test_predict_refuses_to_write_into_a_folder_it_did_not_create(tiny_checkpoin
     assert code == 2
     assert "did not write" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in labels.glob("*.txt")} == before  # annotations untouched
+
+
+def test_a_three_task_model_writes_a_folder_per_task_that_evaluate_scores_as_predict_did(
+    demo_shards, demo_corpus, tmp_path
+):
+    """VA and AU submissions beside EXPR; AU at the thresholds saved with the model."""
+    from mmexpr.labels import AU_SUBMISSION_HEADER, VA_SUBMISSION_HEADER
+    from mmexpr.model.model import build_model
+    from mmexpr.predict.evaluate import evaluate_dirs
+    from mmexpr.predict.predict import PredictOptions, predict
+
+    job = load_job(REPO / "jobs" / "demo.yaml", [f"data.shards={demo_shards}", "model.tasks=[expr,va,au]"])
+    torch.manual_seed(0)
+    model = build_model(job.model)
+    model.au_thresholds.fill_(0.45)
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "config": job.to_dict()}, path)
+    out = tmp_path / "val"
+    summary = predict(PredictOptions(out=str(out), checkpoint=str(path), shards=str(demo_shards),
+                                     splits=["validation"], stride=job.data.window, progress=False))
+    assert sorted(p.name for p in out.iterdir()) == ["au", "expr", "predict.json", "va"]
+    assert set(summary.task_scores.present()) == {"expr", "va", "au"}
+    track = sorted((out / "va").glob("*.txt"))[0]
+    assert track.read_text().splitlines()[0] == VA_SUBMISSION_HEADER
+    assert (out / "au" / track.name).read_text().splitlines()[0] == AU_SUBMISSION_HEADER
+    probs = np.load(out / "au" / track.with_suffix(".npy").name)
+    _, written = read_task_submission(out / "au" / track.name, "au")
+    assert (written == (probs >= 0.45)).all()  # the model's thresholds, not 0.5
+    annotations = demo_corpus / "annotations"
+    va = evaluate_dirs(out / "va", annotations / "VA_Estimation_Challenge" / "Validation_Set")
+    au = evaluate_dirs(out / "au", annotations / "AU_Detection_Challenge" / "Validation_Set")
+    expr = evaluate_dirs(out / "expr", annotations / "Validation_Set")
+    assert va.abaw == pytest.approx(summary.task_scores.abaw("va"), abs=1e-3)  # files hold 4 decimals
+    assert au.abaw == pytest.approx(summary.task_scores.abaw("au"), abs=1e-12)
+    assert expr.abaw == pytest.approx(summary.task_scores.abaw("expr"), abs=1e-12)
+    assert json.loads((out / "predict.json").read_text())["au_thresholds"] == pytest.approx([0.45] * 12)
 
 
 # ---------------------------------------------------------------- streaming long tracks

@@ -164,12 +164,12 @@ def test_predict_test_split_writes_every_listed_track_and_the_archive(tmp_path: 
     assert code == 0
     frames = {"t": 24, "duo_left": 18, "duo_right": 18}
     for track, n in frames.items():
-        assert (out / f"{track}.txt").read_text().splitlines()[0] == SUBMISSION_HEADER
-        name, preds = read_submission(out / f"{track}.txt")
+        assert (out / "expr" / f"{track}.txt").read_text().splitlines()[0] == SUBMISSION_HEADER
+        name, preds = read_submission(out / "expr" / f"{track}.txt")
         assert name == track and len(preds) == n
-    with zipfile.ZipFile(out / "submission.zip") as z:
+    with zipfile.ZipFile(out / "expr" / "submission.zip") as z:
         assert sorted(z.namelist()) == sorted(f"{t}.txt" for t in frames)
-        assert z.read("t.txt") == (out / "t.txt").read_bytes()
+        assert z.read("t.txt") == (out / "expr" / "t.txt").read_bytes()
     assert "nobody_left: listed in the test list but not packed" in printed and "submission.zip" in printed
     assert json.loads((out / "predict.json").read_text())["not_predicted"][0].startswith("nobody_left")
 
@@ -226,9 +226,9 @@ def test_real_release_corpus_packs_and_predicts_the_test_list(shared_data: Path,
                      "--split", "test", "--out", str(out), "--zip"]) == 0
     capsys.readouterr()
     for track in listing:
-        name, preds = read_submission(out / f"{track}.txt")
+        name, preds = read_submission(out / "expr" / f"{track}.txt")
         assert name == track and len(preds) == corpus.tracks[track]["frames"]
-    assert (out / "submission.zip").is_file()
+    assert (out / "expr" / "submission.zip").is_file()
 
 
 def test_predict_on_raw_videos_finds_tracks_by_the_same_layout_rules(tmp_path: Path):

@@ -211,8 +211,11 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
     assert sorted(losses) == list(range(1, SHORT + 1))
     metrics = run.data.metrics
     for key in ("train/ce", "train/contrastive", "train/lr", "train/lr_encoders", "train/samples_per_s",
-                "train/data_wait", "val/macro_f1", "val/accuracy", "val/f1_Happiness"):
-        assert key in metrics, key
+                "train/data_wait", "val/macro_f1", "val/accuracy", "val/f1_Happiness",
+                "train/va", "train/au", "val/va_ccc", "val/va_ccc_valence", "val/va_ccc_arousal", "val/au_f1",
+                "val/au_f1_AU12", "val/au_f1_tuned", "val/score_expr", "val/score_va", "val/score_au"):
+        assert key in metrics, key  # the demo job trains all three tasks
+    assert metrics["val/score_va"] == metrics["val/va_ccc"] and metrics["val/score_expr"] == metrics["val/macro_f1"]
     assert 0.0 <= metrics["train/data_wait"] <= 1.0
     f1_steps = [m.step for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert f1_steps == [12, 24]
@@ -220,6 +223,8 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
     assert {"config.yaml", "eval", "checkpoints", "best_model"} <= artifacts
     evals = {a.path for a in client.list_artifacts(result.run_id, "eval")}
     assert "eval/confusion_step_00000024.png" in evals and "eval/per_class_f1_step_00000024.png" in evals
+    for figure in ("va_time", "va_scatter", "au_f1"):
+        assert f"eval/{figure}_step_00000024.png" in evals, figure
     saved = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert f"checkpoints/{ckpt.tag_for(SHORT)}.json" in saved
     model_files = {a.path for a in client.list_artifacts(result.run_id, "best_model")}
@@ -244,6 +249,10 @@ def test_registered_weights_load_into_a_fresh_model(trained_run):
     model = build_model(saved_job.model, None)
     weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(weights, strict=True)
+    # The per-AU thresholds tuned at the best evaluation travel with the weights.
+    from mmexpr.metrics import AU_THRESHOLDS
+
+    assert set(weights["au_thresholds"].tolist()) <= {float(t) for t in AU_THRESHOLDS.astype("float32")}
     before = build_model(saved_job.model, None).state_dict()
     assert any(not torch.equal(before[k], v) for k, v in weights.items() if v.dtype.is_floating_point)
 
@@ -411,10 +420,25 @@ def test_demo_job_learns_well_above_chance_in_a_short_run(ray_local, tmp_path):
         f"train.checkpoint_every={LEARN_STEPS}", "track.register_model=''",
     ])
     result = run_training(job)
-    history = [m.value for m in _client(result.tracking_uri).get_metric_history(result.run_id, "val/macro_f1")]
+    client = _client(result.tracking_uri)
+    history = [m.value for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert len(history) == 2, history
     assert result.best_f1 >= 0.5, f"validation macro F1 at steps {LEARN_STEPS // 2} and {LEARN_STEPS}: {history}"
 
+    # VA and AU, trained beside EXPR, beat their trivial predictors on the same validation frames:
+    # the training mean has CCC 0; all-zeros has AU F1 0 and all-ones 2p/(1+p) per AU (p: its rate).
+    import numpy as np
+
+    from mmexpr.data.manifest import read_manifest
+
+    rates = np.asarray(read_manifest(tmp_path / "shards" / "validation" / "manifest.json").au_positive_rates())
+    all_ones = float(np.mean(2 * rates / (1 + rates)))
+    va = max(m.value for m in client.get_metric_history(result.run_id, "val/va_ccc"))
+    au = max(m.value for m in client.get_metric_history(result.run_id, "val/au_f1"))
+    print(f"after {LEARN_STEPS} steps: EXPR macro F1 {result.best_f1:.4f} (chance 0.125), VA mean CCC {va:.4f} "
+          f"(training mean 0), AU mean F1 {au:.4f} (all ones {all_ones:.4f}, all zeros 0)")
+    assert va >= 0.3, va
+    assert au >= all_ones + 0.1, (au, all_ones)
 
 # ---------------------------------------------------------------- corrupt checkpoints, pointer files
 

@@ -12,6 +12,8 @@ The training loader, prediction and the model's example input all build batches 
     start      int64   [B]               absolute first frame of the window in its track
     track      list[str]                 track name per window ("" for padding windows)
     labels     int64   [B, T] or None    class per frame, -1 = ignore; None when unlabelled
+    va         float32 [B, T, 2] or None valence, arousal per frame, NaN = unknown
+    au         int64   [B, T, 12] or None the 12 action units (0/1) per frame, -1 = unknown
     face       bool    [B, T] or None    a face is visible (False: no face in that frame, a
                                          missing visual input; its video frame is black);
                                          None = every frame has one
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from mmexpr.data.decode import frames_to_chw
-from mmexpr.labels import IGNORE
+from mmexpr.labels import IGNORE, NUM_AUS
 
 MIN_FPS = 24  # the audio buffer of a window is sized for this frame rate or faster
 
@@ -74,6 +76,8 @@ class Batch:
     start: torch.Tensor
     track: list[str]
     labels: torch.Tensor | None = None
+    va: torch.Tensor | None = None
+    au: torch.Tensor | None = None
     face: torch.Tensor | None = None
     audio_offset: torch.Tensor | None = None
 
@@ -94,7 +98,7 @@ class Batch:
 
     def without_labels(self) -> Batch:
         """The same windows as the model sees them at prediction time."""
-        return replace(self, labels=None)
+        return replace(self, labels=None, va=None, au=None)
 
 
 class BatchArrays:
@@ -114,6 +118,8 @@ class BatchArrays:
         self.start = np.zeros(batch_size, np.int64)
         self.track = [""] * batch_size
         self.labels = np.full((batch_size, window), IGNORE, np.int64) if labelled else None
+        self.va = np.full((batch_size, window, 2), np.nan, np.float32) if labelled else None
+        self.au = np.full((batch_size, window, NUM_AUS), IGNORE, np.int64) if labelled else None
         self.face = np.ones((batch_size, window), bool)
 
     def put(
@@ -125,6 +131,8 @@ class BatchArrays:
         start: int,
         track: str,
         labels: np.ndarray | None = None,
+        va: np.ndarray | None = None,
+        au: np.ndarray | None = None,
         audio: np.ndarray | None = None,
         audio_span: tuple[int, int] = (0, 0),
         face: np.ndarray | None = None,
@@ -144,6 +152,10 @@ class BatchArrays:
         self.track[b] = track
         if labels is not None and self.labels is not None:
             self.labels[b, :n] = labels
+        if va is not None and self.va is not None:
+            self.va[b, :n] = va
+        if au is not None and self.au is not None:
+            self.au[b, :n] = au
         if audio is not None:
             if self.audio_offset is not None:
                 wide = context_span(audio_span, self.audio.shape[1], audio_limit or (0, len(audio)))
@@ -152,7 +164,9 @@ class BatchArrays:
             self.audio_len[b] = fill_audio(self.audio[b], audio, *audio_span)
 
     def batch(self) -> Batch:
-        labels = torch.from_numpy(self.labels) if self.labels is not None else None
+        def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+            return torch.from_numpy(a) if a is not None else None
+
         return Batch(
             video=torch.from_numpy(self.video),
             audio=torch.from_numpy(self.audio),
@@ -161,7 +175,9 @@ class BatchArrays:
             mask=torch.from_numpy(self.mask),
             start=torch.from_numpy(self.start),
             track=list(self.track),
-            labels=labels,
+            labels=tensor(self.labels),
+            va=tensor(self.va),
+            au=tensor(self.au),
             face=torch.from_numpy(self.face),
             audio_offset=torch.from_numpy(self.audio_offset) if self.audio_offset is not None else None,
         )

@@ -12,7 +12,9 @@ is shorter) as three members:
   zero-length wav and `"has_audio": false`; the loader turns that into audio_len = 0.
 - `json`: video, track, first_frame, frames, fps, labels (-1 kept), face (1 where a face
   is visible in the frame, 0 where not), words inside the chunk (times in seconds from the
-  start of the video), source path, has_audio.
+  start of the video), source path, has_audio; and, for a track with VA or AU files, `va`
+  ([v, a] per frame, null where unknown) and `au` (12 ints per frame, -1 unknown). An
+  absent key means the task is unknown for every frame.
 
 Where the face comes from, per track (`track_face`, the one place that decides):
 - `cropped_aligned/<track>/<00001>.jpg` when that folder exists (a missing crop, which
@@ -57,7 +59,7 @@ from mmexpr.faces.video import (
     detect_video,
     faces_for_tracks,
 )
-from mmexpr.labels import IGNORE, NUM_CLASSES, FitResult, LabelFileError, fit_to_frames
+from mmexpr.labels import IGNORE, NUM_CLASSES, TASKS, FitResult, LabelFileError, fit_to_frames
 
 SAMPLE_RATE = 16000
 SCALE_EXACT = Interpolation.BILINEAR | Interpolation.BITEXACT
@@ -93,6 +95,7 @@ class Sample:
     members: dict[str, bytes]  # extension -> bytes
     frames: int
     label_counts: list[int]  # per class 0..7, then ignored (-1)
+    task_stats: dict = field(default_factory=dict)  # {"va": [...], "au": [...]}: see task_stats
     faceless: int = 0  # frames without a face
 
 
@@ -346,6 +349,43 @@ def _label_counts(labels: np.ndarray) -> list[int]:
     return counts + [int((labels == IGNORE).sum())]
 
 
+def task_stats(va: np.ndarray | None, au: np.ndarray | None) -> dict:
+    """Sums that add over samples into the manifest's label statistics: VA [frames, sum v, sum a,
+    sum v^2, sum a^2]; AU [known frames per AU (12), positives per AU (12)]."""
+    out: dict[str, list] = {}
+    if va is not None:
+        known = va[~np.isnan(va).any(axis=1)].astype(np.float64)
+        out["va"] = [len(known), *known.sum(axis=0).tolist(), *(known**2).sum(axis=0).tolist()]
+    if au is not None:
+        out["au"] = [*(au != IGNORE).sum(axis=0).tolist(), *(au == 1).sum(axis=0).tolist()]
+    return out
+
+
+def _task_json(va: np.ndarray | None, au: np.ndarray | None) -> dict:
+    out: dict[str, list] = {}
+    if va is not None:
+        out["va"] = [None if np.isnan(row).any() else [round(float(row[0]), 4), round(float(row[1]), 4)] for row in va]
+    if au is not None:
+        out["au"] = [[int(x) for x in row] for row in au]
+    return out
+
+
+def fit_tasks(track: TrackSource, frames: int) -> tuple[FitResult, dict[str, np.ndarray | None]]:
+    """Every task's labels of a track fitted to the decoded frame count (LabelFileError naming
+    the file when one is too far off); VA is padded with NaN, the others with -1. A track
+    without an annotation file (a test-list track) has every EXPR label unknown."""
+    labels_in = track.labels if track.annotation else np.full(frames, IGNORE, np.int64)
+    fit = fit_to_frames(labels_in, frames, source=track.annotation)
+    files = dict(track.task_files)
+    other: dict[str, np.ndarray | None] = {}
+    for task in TASKS[1:]:
+        values = getattr(track, task)
+        other[task] = None if values is None else fit_to_frames(
+            values, frames, source=files.get(task, track.annotation), fill=np.nan if task == "va" else IGNORE
+        ).labels
+    return fit, other
+
+
 def _chunk_words(job: VideoJob, first: int, frames: int, fps: float) -> list[dict]:
     start, end = first / fps, (first + frames) / fps
     return [{"start": w.start, "end": w.end, "word": w.word} for w in job.words if w.start < end and w.end > start]
@@ -413,16 +453,16 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
     fps = float(rate)
     for track in job.tracks:
         try:
-            labels_in = track.labels if track.annotation else np.full(frames, IGNORE, np.int64)  # a test-list track
-            fit = fit_to_frames(labels_in, frames, source=track.annotation)
+            fit, other = fit_tasks(track, frames)
         except LabelFileError as exc:
-            result.skipped.append((track.annotation, str(exc)))
+            result.skipped.append((str(exc).split(":", 1)[0], str(exc)))
             continue
         result.fitted.append((track.name, fit))
         encoder = encoders[track.name]
         encoder.flush()
         for first, count, mp4, present in encoder.chunks:
             labels = fit.labels[first : first + count]
+            va, au = (None if other[t] is None else other[t][first : first + count] for t in ("va", "au"))
             meta = {
                 "face": present,
                 "video": job.video,
@@ -436,6 +476,7 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "annotation": track.annotation,
                 "has_audio": audio is not None,
                 "sample_rate": settings.sample_rate,
+                **_task_json(va, au),
             }
             wav = encode_wav(_chunk_audio(audio, first, count, fps, settings.sample_rate), settings.sample_rate)
             members = {
@@ -444,6 +485,9 @@ def pack_video(job: VideoJob, settings: PackSettings) -> VideoResult:
                 "wav": wav,
             }
             result.samples.append(
-                Sample(sample_key(track.name, first), members, count, _label_counts(labels), count - sum(present))
+                Sample(
+                    sample_key(track.name, first), members, count, _label_counts(labels), task_stats(va, au),
+                    count - sum(present),
+                )
             )
     return result

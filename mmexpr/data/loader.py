@@ -331,6 +331,18 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
     return Decoded(frames, audio, bool(meta.get("has_audio", len(audio) > 0)), meta)
 
 
+def sample_tasks(meta: dict, lo: int, hi: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """VA [n, 2] (NaN unknown) and AU [n, 12] (-1 unknown) of frames [lo, hi) of a sample's json;
+    None for a task the sample has no labels of."""
+    va = au = None
+    if "va" in meta:
+        va = np.asarray([[np.nan, np.nan] if row is None else row for row in meta["va"][lo:hi]], np.float32)
+        va = va.reshape(-1, 2)
+    if "au" in meta:
+        au = np.asarray(meta["au"][lo:hi], np.int64).reshape(hi - lo, -1)
+    return va, au
+
+
 def sample_face(meta: dict, lo: int, hi: int) -> np.ndarray | None:
     """Face-present flags of frames [lo, hi) of a sample; None where the sample carries none
     (shards packed before the flag existed: every frame has a face)."""
@@ -359,10 +371,16 @@ class BatchBuilder:
             fps = meta["fps"]
             lo, hi = ref.start, min(ref.start + self.T, len(meta["labels"]))
             labels = np.asarray(meta["labels"][lo:hi], np.int64)
-            labels[: max(0, ref.covered - lo)] = -1  # labelled by an earlier window already
+            seen = max(0, ref.covered - lo)  # frames labelled by an earlier window already
+            labels[:seen] = -1
+            va, au = sample_tasks(meta, lo, hi)
+            if va is not None:
+                va[:seen] = np.nan
+            if au is not None:
+                au[:seen] = -1
             span = (frame_sample(lo, fps, self.rate), frame_sample(hi, fps, self.rate))
             arrays.put(b, dec.frames[lo:hi], fps=fps, start=meta["first_frame"] + lo, track=meta["track"],
-                       labels=labels, audio=dec.audio if dec.has_audio else None, audio_span=span,
+                       labels=labels, va=va, au=au, audio=dec.audio if dec.has_audio else None, audio_span=span,
                        face=sample_face(meta, lo, hi), audio_limit=(0, len(dec.audio)))
         if self.augment is not None:
             self._augment(arrays)

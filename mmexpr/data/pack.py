@@ -48,7 +48,7 @@ from mmexpr.data.sources import (
     faces_mode,
 )
 from mmexpr.errors import UserError
-from mmexpr.labels import NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
 from mmexpr.progress import Progress
 
 WORK = ".work"
@@ -71,6 +71,18 @@ class SplitSummary:
     bytes: int = 0
     faceless: int = 0  # frames without a face (missing crops)
     already_packed: bool = False
+    tasks: dict = field(default_factory=dict)  # the manifest's per-task label statistics
+
+    def task_line(self) -> str:
+        parts = []
+        for task, st in self.tasks.items():
+            text = f"{task} {st['tracks']} tracks {st['frames']} frames"
+            if task == "va":
+                text += f" (mean {st['mean'][0]:+.2f},{st['mean'][1]:+.2f} std {st['std'][0]:.2f},{st['std'][1]:.2f})"
+            if task == "au":
+                text += f" (positive rate {min(st['positive_rate']):.2f}..{max(st['positive_rate']):.2f})"
+            parts.append(text)
+        return f"  {self.split}: " + "; ".join(parts)
 
 
 @dataclass
@@ -96,6 +108,7 @@ class PackSummary:
                 f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.faceless:>9}{s.shards:>8}"
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
+        lines += [s.task_line() for s in self.splits.values() if s.tasks]
         if self.faceless:
             lines.append(f"no face in any frame of {len(self.faceless)} track(s) (packed with face 0, audio kept):")
             lines += [f"  {name}" for name in self.faceless]
@@ -177,8 +190,9 @@ def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
                 "key": s.key,
                 "frames": s.frames,
                 "label_counts": s.label_counts,
-                "faceless": s.faceless,
                 "track": json.loads(s.members["json"])["track"],
+                "task_stats": s.task_stats,
+                "faceless": s.faceless,
                 "bytes": sum(_member_bytes(d) for d in s.members.values()),
             }
             for s in result.samples
@@ -213,6 +227,9 @@ def inputs_digest(jobs: list[VideoJob]) -> str:
         for track in job.tracks:
             h.update(f"{track.name}\0".encode())
             h.update(np.asarray(track.labels, np.int64).tobytes())
+            for task, values in (("va", track.va), ("au", track.au)):
+                if values is not None:  # absent for EXPR-only corpora, whose digest stays as it was
+                    h.update(f"{task}\0".encode() + np.ascontiguousarray(values).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -368,6 +385,7 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
     extra = {
         "videos": sum(1 for job in jobs if metas[job.video]["samples"]),
         "faceless_frames": {"total": sum(faceless.values()), "tracks": faceless},
+        "tasks": split_task_stats([sample for job in jobs for sample in metas[job.video]["samples"]]),
         "faceless_tracks": sorted(t for job in jobs for t in metas[job.video].get("faceless", [])),
     }
     if listed is not None:
@@ -383,6 +401,30 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         skipped=tuple(s.to_dict() for s in skipped),
         extra=extra,
     )
+
+
+def split_task_stats(samples: list[dict]) -> dict:
+    """Per task: tracks and labelled frames; VA mean/std, AU positive rates (manifest "tasks")."""
+    expr_tracks = {s["track"] for s in samples if sum(s["label_counts"][:NUM_CLASSES])}
+    out: dict[str, dict] = {
+        "expr": {"tracks": len(expr_tracks), "frames": int(sum(sum(s["label_counts"][:NUM_CLASSES]) for s in samples))}
+    }
+    va = [s["task_stats"]["va"] for s in samples if "va" in s.get("task_stats", {})]
+    if va:
+        n, sv, sa, svv, saa = np.asarray(va, np.float64).sum(axis=0)
+        mean = [sv / n, sa / n] if n else [0.0, 0.0]
+        std = [float(np.sqrt(max(0.0, q / n - m * m))) if n else 0.0 for q, m in ((svv, mean[0]), (saa, mean[1]))]
+        out["va"] = {"tracks": len({s["track"] for s in samples if "va" in s.get("task_stats", {})}),
+                     "frames": int(n), "mean": [round(float(m), 6) for m in mean], "std": [round(x, 6) for x in std]}
+    au = [s["task_stats"]["au"] for s in samples if "au" in s.get("task_stats", {})]
+    if au:
+        sums = np.asarray(au, np.int64).sum(axis=0)
+        known, positive = sums[:NUM_AUS], sums[NUM_AUS:]
+        rates = np.divide(positive, known, out=np.zeros(NUM_AUS), where=known > 0)
+        out["au"] = {"tracks": len({s["track"] for s in samples if "au" in s.get("task_stats", {})}),
+                     "frames": int(known.max()), "known": known.tolist(), "positives": positive.tolist(),
+                     "positive_rate": [round(float(r), 6) for r in rates]}
+    return out
 
 
 def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob]) -> list[Skipped]:
@@ -474,6 +516,7 @@ def pack_corpus(
             frames=manifest.frames,
             shards=len(manifest.shards),
             bytes=sum(s.bytes for s in manifest.shards),
+            tasks=manifest.task_stats(),
             faceless=manifest.extra["faceless_frames"]["total"],
         )
     if not any(s.samples or s.already_packed for s in summary.splits.values()):
@@ -496,4 +539,5 @@ def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) ->
         bytes=sum(s.bytes for s in m.shards),
         faceless=int(m.extra.get("faceless_frames", {}).get("total", 0)),
         already_packed=True,
+        tasks=m.task_stats(),
     )

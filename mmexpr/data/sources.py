@@ -8,6 +8,8 @@ of a sample):
                                                       <name>_left.txt / <name>_right.txt for
                                                       videos with two annotated people; the
                                                       challenge folder (CHALLENGE_TASKS) is optional
+    SOURCE/annotations/VA_Estimation_Challenge/<Split_Set>/<name>.txt   valence-arousal
+    SOURCE/annotations/AU_Detection_Challenge/<Split_Set>/<name>.txt    action units
     SOURCE/cropped_aligned/<track>/<00001>.jpg        optional face crops, per track
     SOURCE/transcripts/<name>.json                    optional [{"start", "end", "word"}, ...]
     a test list (`--test-list FILE`)                  one track name per line, no labels
@@ -25,14 +27,23 @@ pack task that opens them anyway.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from mmexpr.errors import UserError
 from mmexpr.faces.video import VIDEO_SUFFIXES
-from mmexpr.labels import LabelFileError, read_annotation, split_track, track_name
+from mmexpr.labels import (
+    IGNORE,
+    LabelFileError,
+    file_task,
+    read_annotation,
+    read_task_annotation,
+    split_track,
+    track_name,
+)
 
 # Aff-Wild2 folder names -> our split names; anything else becomes its lowercase name.
 SPLIT_NAMES = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
@@ -42,7 +53,14 @@ CHALLENGE_TASKS = {
     "EXPR_Recognition_Challenge": "expr",
     "EXPR_Classification_Challenge": "expr",
     "EXPR_Set": "expr",
+    "VA_Estimation_Challenge": "va",
+    "AU_Detection_Challenge": "au",
 }
+
+
+def challenge_folder(task: str) -> str:
+    """The challenge folder ABAW's release names first for `task` (where synth writes it)."""
+    return next(folder for folder, t in CHALLENGE_TASKS.items() if t == task)
 
 EXPECTED_SHAPE = """expected one of:
     SOURCE/annotations/Train_Set/<video>.txt                      (plain)
@@ -82,8 +100,11 @@ class TrackSource:
     name: str  # e.g. "vid003_left"
     side: str  # "", "left" or "right"
     annotation: str
-    labels: np.ndarray
+    labels: np.ndarray  # EXPR [N], -1 unknown (all -1 for a track annotated for VA/AU only)
     crops: str | None  # folder of <00001>.jpg, or None
+    va: np.ndarray | None = None  # float32 [N, 2], NaN unknown; None: no VA file
+    au: np.ndarray | None = None  # int64 [N, 12], -1 unknown; None: no AU file
+    task_files: tuple[tuple[str, str], ...] = ()  # (task, annotation path) of the VA/AU files
 
 
 @dataclass(frozen=True)
@@ -239,7 +260,14 @@ def video_tracks(root: Path, video: str, path: Path, frames: int, split: str = "
         for ann in sorted(folder.glob("*.txt"))
         if split_track(ann.stem)[0] == video
     }
-    sides = [split_track(stem)[1] for stem in annotated]
+    in_tasks = {  # a track annotated for VA or AU only is still a track to predict
+        ann.stem
+        for folders in task_split_folders(root).values()
+        for folder in folders.values()
+        for ann in sorted(folder.glob("*.txt"))
+        if split_track(ann.stem)[0] == video
+    }
+    sides = sorted({split_track(stem)[1] for stem in {*annotated, *in_tasks}})
     if not sides:
         sides = [s for s in ("left", "right") if (root / "cropped_aligned" / track_name(video, s)).is_dir()] or [""]
     tracks = []
@@ -249,6 +277,85 @@ def video_tracks(root: Path, video: str, path: Path, frames: int, split: str = "
         labels = read_annotation(ann) if ann is not None else np.full(frames, -1, np.int64)
         tracks.append(TrackSource(name, side, str(ann or ""), labels, _crops_for(root, name)))
     return VideoJob(video, split, str(path), tuple(tracks))
+
+
+def task_split_folders(root: Path, annotations: str | Path | None = None) -> dict[str, dict[str, Path]]:
+    """VA and AU split folders: {split: {task: <Challenge>/<Split_Set>}}, from the challenge
+    folders of that task in the searched annotation folder (or beside a challenge folder
+    named with --annotations)."""
+    searched = Path(annotations) if annotations is not None else root / "annotations"
+    if searched.name in CHALLENGE_TASKS:
+        searched = searched.parent
+    out: dict[str, dict[str, Path]] = {}
+    if not searched.is_dir():
+        return out
+    for challenge in sorted(p for p in searched.iterdir() if CHALLENGE_TASKS.get(p.name) not in (None, "expr")):
+        for split_dir in _split_folders(challenge):
+            out.setdefault(split_name(split_dir.name), {})[CHALLENGE_TASKS[challenge.name]] = split_dir
+    return out
+
+
+def read_task_file(path: Path, task: str) -> np.ndarray:
+    """One VA or AU file; its header must be its folder's task (a file of another task, or of
+    none, in a challenge folder is a LabelFileError naming it)."""
+    found = file_task(path)
+    if found != task:
+        raise LabelFileError(f"{path}:1: a {found} annotation in the {task} folder {path.parent}")
+    return read_task_annotation(path, task)
+
+
+def add_task_labels(
+    tracks: dict[str, TrackSource], folders: dict[str, Path], videos: dict[str, Path], root: Path,
+    skipped: list[Skipped], split: str = "",
+) -> None:
+    """Attach each split's VA/AU files to its tracks (by track name), adding tracks that have
+    no EXPR file: their EXPR labels are all unknown, so only the tasks they have train."""
+    for task, folder in sorted(folders.items()):
+        for ann in sorted(folder.glob("*.txt")):
+            values = _track_file(ann, videos, root, skipped, partial(read_task_file, task=task), f"{task} ", split)
+            if values is None:
+                continue
+            video, side = split_track(ann.stem)
+            name = track_name(video, side)
+            track = tracks.get(name) or TrackSource(
+                name, side, str(ann), np.full(len(values), IGNORE, np.int64), _crops_for(root, name)
+            )
+            files = (*track.task_files, (task, str(ann)))
+            tracks[name] = replace(track, task_files=files, **{task: values})
+
+
+def _track_file(
+    ann: Path, videos: dict[str, Path], root: Path, skipped: list[Skipped], read, what: str, split: str
+) -> np.ndarray | None:
+    """One annotation file's labels, or None with the reason added to `skipped` (no such video,
+    malformed, empty). `what` names the task in the reason ("va ", "au ", "" for EXPR)."""
+    video, _ = split_track(ann.stem)
+    if video not in videos:
+        skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}", split))
+        return None
+    try:
+        values = read(ann)
+    except LabelFileError as exc:
+        skipped.append(Skipped(str(ann), f"malformed {what}annotation: {exc}", split))
+        return None
+    if len(values) == 0:
+        skipped.append(Skipped(str(ann), f"{what}annotation has no frames", split))
+        return None
+    return values
+
+
+def _expr_tracks(
+    split_dir: Path | None, videos: dict[str, Path], root: Path, skipped: list[Skipped], split: str
+) -> dict[str, TrackSource]:
+    tracks: dict[str, TrackSource] = {}
+    for ann in sorted(split_dir.glob("*.txt")) if split_dir is not None else []:
+        labels = _track_file(ann, videos, root, skipped, read_annotation, "", split)
+        if labels is None:
+            continue
+        video, side = split_track(ann.stem)
+        name = track_name(video, side)
+        tracks[name] = TrackSource(name, side, str(ann), labels, _crops_for(root, name))
+    return tracks
 
 
 def read_test_list(path: str | Path) -> list[tuple[int, str]]:
@@ -337,43 +444,37 @@ def discover(
         raise SourceError(f"{root}: source folder not found")
     wanted = set(splits) if splits else None
     use_test_list = test_list is not None and (wanted is None or "test" in wanted)
-    folders = expr_split_folders(root, annotations, required=not use_test_list)
+    task_dirs = task_split_folders(root, annotations)
+    folders = expr_split_folders(root, annotations, required=not use_test_list and not task_dirs)
     videos, skipped = index_videos(root / "videos")
     found = Discovery(skipped=skipped)
-    named: set[str] = {ann.stem for folder in folders for ann in folder.glob("*.txt")}
+    named: set[str] = {
+        ann.stem
+        for folder in [*folders, *(d for tasks in task_dirs.values() for d in tasks.values())]
+        for ann in folder.glob("*.txt")
+    }
     if use_test_list:
         if not videos:
             raise SourceError(f"{root / 'videos'}: no video files (.mp4, .avi) for the test list {test_list}")
         named |= _test_jobs(root, test_list, videos, found)
     elif test_list is not None:  # not packed this time, but its tracks' crops are not strays
         named |= {name for _, name in read_test_list(test_list)}
-    for split_dir in folders:
-        split = split_name(split_dir.name)
+    expr_dirs = {split_name(p.name): p for p in folders}
+    for split in sorted(set(expr_dirs) | set(task_dirs)):
         if wanted is not None and split not in wanted or (use_test_list and split == "test"):
             continue
+        tracks = _expr_tracks(expr_dirs.get(split), videos, root, found.skipped, split)
+        add_task_labels(tracks, task_dirs.get(split, {}), videos, root, found.skipped, split)
         by_video: dict[str, list[TrackSource]] = {}
-        for ann in sorted(split_dir.glob("*.txt")):
-            video, side = split_track(ann.stem)
-            if video not in videos:
-                found.skipped.append(Skipped(str(ann), f"no video named {video!r} under {root / 'videos'}", split))
-                continue
-            try:
-                labels = read_annotation(ann)
-            except LabelFileError as exc:
-                found.skipped.append(Skipped(str(ann), f"malformed annotation: {exc}", split))
-                continue
-            if len(labels) == 0:
-                found.skipped.append(Skipped(str(ann), "annotation has no frames", split))
-                continue
-            name = track_name(video, side)
-            by_video.setdefault(video, []).append(
-                TrackSource(name, side, str(ann), labels, _crops_for(root, name))
+        for name in sorted(tracks):
+            by_video.setdefault(split_track(name)[0], []).append(tracks[name])
+        for video, video_tracks_ in sorted(by_video.items()):
+            found.jobs.append(
+                VideoJob(video, split, str(videos[video]), tuple(video_tracks_), _words(root, video, found))
             )
-        for video, tracks in sorted(by_video.items()):
-            found.jobs.append(VideoJob(video, split, str(videos[video]), tuple(tracks), _words(root, video, found)))
     _orphan_crops(root, named, folders, found)
     if wanted is not None:
-        have = {split_name(p.name) for p in folders} | ({"test"} if use_test_list else set())
+        have = set(expr_dirs) | set(task_dirs) | ({"test"} if use_test_list else set())
         missing = wanted - have
         if missing:
             where = folders[0].parent if folders else root / "annotations"

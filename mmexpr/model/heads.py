@@ -1,4 +1,4 @@
-"""The per-frame classifier: deliberately light, so the fused features do the work."""
+"""The per-frame heads, one per task: deliberately light, so the fused features do the work."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmexpr.labels import NUM_CLASSES
+from mmexpr.labels import NUM_AUS, NUM_CLASSES
 
 
 class FrameHead(nn.Module):
@@ -22,6 +22,21 @@ class FrameHead(nn.Module):
         return self.linear(self.drop(self.norm(x)))
 
 
+class VAHead(FrameHead):
+    """[B,T,D] -> [B,T,2] valence and arousal in (-1, 1): tanh keeps them in the label range."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__(dim, dropout, classes=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(x))
+
+
+class AUHead(FrameHead):
+    """[B,T,D] -> [B,T,12] action-unit logits (independent, one sigmoid each)."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__(dim, dropout, classes=NUM_AUS)
 def smooth_probabilities(probs: np.ndarray, frames: int) -> np.ndarray:
     """Centred moving average of per-frame class probabilities [N, C] over `frames` frames.
 

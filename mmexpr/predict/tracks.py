@@ -32,9 +32,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.encode import PackSettings, safe_track, track_of_key
-from mmexpr.data.loader import Decoded, decode_sample, sample_face
+from mmexpr.data.loader import Decoded, decode_sample, sample_face, sample_tasks
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
 from mmexpr.errors import UserError
+from mmexpr.labels import NUM_AUS
 
 
 class PredictInputError(UserError, ValueError):
@@ -58,14 +59,17 @@ class Piece:
     last: bool
     readable: bool = True
     problems: list[str] = field(default_factory=list)
+    va: np.ndarray | None = None  # float32 [n, 2], NaN unknown; None: no VA labels
+    au: np.ndarray | None = None  # int64 [n, 12], -1 unknown; None: no AU labels
 
 
 def piece_of(name: str, chunk: Decoded, total: int, last: bool) -> Piece:
     n = len(chunk.meta["labels"])
     face = sample_face(chunk.meta, 0, n)
+    va, au = sample_tasks(chunk.meta, 0, n)
     return Piece(name, int(chunk.meta["first_frame"]), chunk.frames[:n], np.asarray(chunk.meta["labels"], np.int64),
                  np.ones(n, bool) if face is None else face, chunk.audio, chunk.has_audio and len(chunk.audio) > 0,
-                 float(chunk.meta["fps"]), total, last)
+                 float(chunk.meta["fps"]), total, last, va=va, au=au)
 
 
 def unreadable_piece(name: str, first: int, frames: int, size: int, fps: float, total: int, last: bool,
@@ -84,6 +88,8 @@ class TrackBuffer:
         self.total = first.total
         self.sample_rate = sample_rate
         self.labels = np.full(self.total, -1, np.int64)
+        self.va: np.ndarray | None = None  # float32 [total, 2] once a piece has VA labels
+        self.au: np.ndarray | None = None  # int64 [total, 12] once a piece has AU labels
         self.face = np.ones(self.total, bool)
         self.readable = np.ones(self.total, bool)
         self.audio = np.zeros(frame_sample(self.total, self.fps, sample_rate), np.float32)
@@ -102,6 +108,14 @@ class TrackBuffer:
             raise PredictInputError(f"track {self.name}: chunk at frame {first} arrived after frame {self.received}")
         self.frames = np.concatenate([self.frames, piece.frames]) if len(self.frames) else piece.frames
         self.labels[first : first + n] = piece.labels
+        if piece.va is not None:
+            if self.va is None:
+                self.va = np.full((self.total, 2), np.nan, np.float32)
+            self.va[first : first + n] = piece.va
+        if piece.au is not None:
+            if self.au is None:
+                self.au = np.full((self.total, NUM_AUS), -1, np.int64)
+            self.au[first : first + n] = piece.au
         self.face[first : first + n] = piece.face
         self.readable[first : first + n] = piece.readable
         self.unreadable += 0 if piece.readable else 1
@@ -114,6 +128,16 @@ class TrackBuffer:
         self.received = first + n
         self.done = piece.last
         self.problems += piece.problems
+
+    def task_labels(self, task: str) -> np.ndarray | None:
+        """The track's labels of `task` when at least one frame is known, else None."""
+        if task == "expr":
+            return self.labels if (self.labels >= 0).any() else None
+        values = getattr(self, task)
+        if values is None:
+            return None
+        known = ~np.isnan(values) if task == "va" else values >= 0
+        return values if known.any() else None
 
     def window(self, start: int, end: int) -> np.ndarray:
         return self.frames[start - self.offset : end - self.offset]

@@ -36,6 +36,7 @@ class RunRow:
     best_f1_key: str
     steps: int | None
     sweep: str
+    best_scores: dict[str, float] | None = None  # best VA CCC and AU F1 over the run, where logged
 
 
 def resolve_tracking_uri(explicit: str | None, output: str = store.DEFAULT_OUTPUT) -> str:
@@ -67,6 +68,20 @@ def _best_and_steps(client, run, key: str) -> tuple[float | None, int | None]:
     return best, steps
 
 
+# The ABAW scores beside EXPR's macro F1: metric -> column title.
+TASK_SCORES = {"val/va_ccc": "best VA CCC", "val/au_f1": "best AU F1"}
+
+
+def _best_task_scores(client, run) -> dict[str, float]:
+    out = {}
+    for key in TASK_SCORES:
+        if key in run.data.metrics:
+            history = client.get_metric_history(run.info.run_id, key)
+            if history:
+                out[key] = max(m.value for m in history)
+    return out
+
+
 def _row(client, run, experiment: str) -> RunRow:
     key = f1_key(run.data.metrics)
     best, steps = _best_and_steps(client, run, key)
@@ -81,6 +96,7 @@ def _row(client, run, experiment: str) -> RunRow:
         best_f1_key=key,
         steps=steps,
         sweep=run.data.tags.get(SWEEP_TAG, ""),
+        best_scores=_best_task_scores(client, run),
     )
 
 
@@ -162,13 +178,16 @@ def _render(header: list[str], body: list[list[str]]) -> str:
 
 
 def runs_table(rows: list[RunRow]) -> str:
-    """Name, status, the config keys that differ, best macro F1 and steps; one line per run."""
+    """Name, status, the config keys that differ, best macro F1 (and VA CCC, AU F1 where a run has
+    them) and steps; one line per run."""
     if not rows:
         return "no runs"
     keys = differing_params(rows)
-    header = ["run", "name", "status", *keys, "best macro F1", "steps"]
+    tasks = [k for k in TASK_SCORES if any(k in (r.best_scores or {}) for r in rows)]
+    header = ["run", "name", "status", *keys, "best macro F1", *(TASK_SCORES[k] for k in tasks), "steps"]
     body = [
-        [r.run_id[:8], r.name, r.status, *(r.params.get(k, "-") for k in keys), _fmt(r.best_f1), _fmt(r.steps)]
+        [r.run_id[:8], r.name, r.status, *(r.params.get(k, "-") for k in keys), _fmt(r.best_f1),
+         *(_fmt((r.best_scores or {}).get(k)) for k in tasks), _fmt(r.steps)]
         for r in rows
     ]
     return _render(header, body)
@@ -184,6 +203,10 @@ def compare_table(a: RunRow, b: RunRow, *, all_params: bool = False) -> str:
         ["steps", _fmt(a.steps), _fmt(b.steps), ""],
         ["best macro F1", _fmt(a.best_f1), _fmt(b.best_f1), ""],
     ]
+    for key, title in TASK_SCORES.items():
+        sa, sb = (a.best_scores or {}).get(key), (b.best_scores or {}).get(key)
+        if sa is not None or sb is not None:
+            body.append([title, _fmt(sa), _fmt(sb), ""])
     keys = sorted(set(a.params) | set(b.params))
     for k in keys:
         va, vb = a.params.get(k, "-"), b.params.get(k, "-")

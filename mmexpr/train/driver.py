@@ -60,7 +60,7 @@ class TrainResult:
         lines = [
             f"run {self.run_id}: step {self.step}, world size {self.world_size}"
             + (" (stopped by a preemption signal; resume with --resume latest)" if self.preempted else ""),
-            f"  best val macro F1 {self.best_f1:.4f} at step {self.best_step}" if self.best_step else "  no evaluation yet",
+            f"  best val score {self.best_f1:.4f} at step {self.best_step}" if self.best_step else "  no evaluation yet",
             f"  checkpoints: {self.run_dir / 'checkpoints'} (latest {self.latest_checkpoint.name if self.latest_checkpoint else '-'})",
             f"  MLflow: {self.tracking_uri}",
         ]
@@ -79,8 +79,10 @@ class ResumePoint:
 # ---------------------------------------------------------------- checks before Ray
 
 
-def check_data(job: JobConfig) -> list[int]:
-    """Both splits readable and big enough; returns the train class counts (for CE weights)."""
+def check_data(job: JobConfig) -> tuple[list[int], list[float] | None]:
+    """Both splits readable and big enough; returns the train class counts (for CE weights) and
+    AU positive rates (for BCE positive weights). A task of model.tasks without any labelled
+    frame in the train split is an error: its head would learn nothing."""
     from mmexpr.data.loader import make_loader, read_manifest
     from mmexpr.data.manifest import manifest_path
 
@@ -94,7 +96,16 @@ def check_data(job: JobConfig) -> list[int]:
         read_manifest(path)  # raises ManifestError (a UserError) naming the problem
     # The loader's own checks (e.g. fewer chunks than ranks x loader workers), for rank 0's view.
     make_loader(d.shards, d.train_split, d, train=True, rank=0, world_size=job.train.workers, seed=job.train.seed)
-    return read_manifest(manifest_path(d.shards, d.train_split)).class_counts()
+    train = read_manifest(manifest_path(d.shards, d.train_split))
+    stats = train.task_stats()
+    if stats:
+        empty = [t for t in job.model.tasks if not stats.get(t, {}).get("frames")]
+        if empty:
+            raise TrainSetupError(
+                f"model.tasks {job.model.tasks}: the train split of {d.shards} has no labelled frame for "
+                f"{', '.join(empty)} (manifest tasks: {sorted(stats)}); pack its annotations or drop the task"
+            )
+    return train.class_counts(), train.au_positive_rates()
 
 
 ACTIVATION_COPIES = 4  # float32 copies of a batch's frames the forward pass holds at least
@@ -274,7 +285,7 @@ def run_training(
 
     `tags` go on the MLflow run when it opens (a sweep's id), so a run that fails still has them."""
     job = with_absolute_paths(job)
-    class_counts = check_data(job)
+    class_counts, au_rates = check_data(job)
     check_resources(job, address)
     point = resolve_resume(job, resume) if resume else None
     if point is not None:
@@ -306,6 +317,7 @@ def run_training(
         tracking_uri=store.uri,
         resume_tag=str(point.tag) if point else None,
         class_counts=class_counts,
+        au_positive_rates=au_rates,
         started_at=time.time(),
     )
     started = start_ray(job, address)
