@@ -1,6 +1,7 @@
 """`mmexpr` commands. The path of one sample, stage by stage:
 
     synth     -> mmexpr/data/synth.py       demo corpus in Aff-Wild2 layout
+    faces     -> mmexpr/faces/video.py      raw video -> face tracks (detector, tracker, aligned crops)
     pack      -> mmexpr/data/pack.py        videos + labels -> WebDataset shards + manifest
     (load)    -> mmexpr/data/loader.py      shards -> decord -> windows (inside training)
     describe  -> mmexpr/model/model.py      the model a job builds
@@ -46,8 +47,21 @@ def _synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-crops", action="store_true", help="also write cropped_aligned/<track>/<frame>.jpg")
     p.add_argument("--workers", type=int, default=0, help="processes writing videos (0: one per core)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus in OUT")
+    p.add_argument("--release", action="store_true",
+                   help="instead: the ABAW release layout from real recordings in shared/data (FER2013 faces with "
+                   "gaps in cropped_aligned/, RAVDESS voices, a two-person video, test_set.txt); --videos is per split")
 
     def run(args: argparse.Namespace) -> int:
+        if args.release:
+            from mmexpr.synth.real import NOT_TOGETHER
+            from mmexpr.synth.release import ReleaseSpec, write_release
+
+            corpus = write_release(args.out, ReleaseSpec(train=args.videos, validation=max(1, args.videos // 2),
+                                                         test=max(2, args.videos // 2), seconds=args.seconds,
+                                                         seed=args.seed))
+            print(f"wrote {corpus.root}: {len(corpus.tracks)} tracks, test list {corpus.test_list}")
+            print(f"note: {NOT_TOGETHER}")
+            return 0
         from mmexpr.synth.corpus import SynthSpec, write_corpus
 
         spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,
@@ -125,9 +139,13 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", action="append", default=None, help="shard split(s) to predict (default: all)")
     p.add_argument("--out", required=True, help="output folder: <track>.txt submissions + <track>.npy probabilities")
     p.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window/2)")
+    p.add_argument("--smooth", type=int, default=None, metavar="FRAMES",
+                   help="centred moving average of per-frame probabilities over FRAMES (default: the job's "
+                   "model.smooth; 0: off)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (tracks in parallel)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--zip", action="store_true", help="also write OUT/<task>/submission.zip, the archive ABAW uploads per task")
     _tracking_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -143,11 +161,13 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                 splits=args.split,
                 out=args.out,
                 stride=args.stride,
+                smooth=args.smooth,
                 batch_size=args.batch_size,
                 workers=args.workers,
                 device=args.device,
                 tracking_uri=args.tracking_uri,
                 output=args.output,
+                zip=args.zip,
             )
         )
         print(summary)
@@ -250,7 +270,8 @@ def _sweep(sub: argparse._SubParsersAction) -> None:
 
 def _pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="pack videos + labels (Aff-Wild2 layout) into WebDataset shards + manifest")
-    p.add_argument("source", help="folder with videos/, annotations/<Split_Set>/, optional cropped_aligned/, transcripts/")
+    p.add_argument("source", help="folder with videos/**, annotations/[<Challenge>/]<Split_Set>/, optional "
+                   "cropped_aligned/, transcripts/ (the ABAW release layout)")
     p.add_argument("out", help="output folder: OUT/<split>/shard-NNNNNN.tar + manifest.json")
     p.add_argument("--split", dest="splits", action="append", default=None, help="pack only this split (repeatable)")
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per sample (default 64)")
@@ -259,6 +280,16 @@ def _pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace splits already packed in OUT")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: a local one on 127.0.0.1)")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--annotations", default=None, metavar="DIR",
+                   help="the EXPR annotation folder (a challenge folder such as "
+                   "annotations/EXPR_Recognition_Challenge); default: found under SOURCE/annotations")
+    p.add_argument("--test-list", default=None, metavar="FILE",
+                   help="ABAW test-set list (one name per line, name_left/name_right for two people): "
+                   "packs split 'test' with every label -1")
+    p.add_argument("--faces", choices=("detect", "frame"), default=None,
+                   help="faces of tracks without cropped_aligned/: the face tracker, or the whole frame "
+                        "(default: frame for a `mmexpr synth` corpus, else detect)")
+    p.add_argument("--min-face", type=int, default=None, help="smallest face side the detector searches for, pixels (default 24)")
 
     def run(args: argparse.Namespace) -> int:
         from mmexpr.data.pack import pack_corpus
@@ -272,8 +303,28 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             overwrite=args.overwrite,
             ray_address=args.ray_address,
             num_cpus=args.cpus,
+            annotations=args.annotations,
+            test_list=args.test_list,
+            faces=args.faces,
+            **({"min_face": args.min_face} if args.min_face is not None else {}),
         )
         print(summary)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _faces(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("faces", help="detect and track faces in videos: DIR/<video>.csv (+ a PNG contact sheet)")
+    p.add_argument("input", help="a video file, or a folder of videos (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder: <video>.csv, one row per detection")
+    p.add_argument("--preview", action="store_true", help="also write <video>.png: frames with their boxes")
+    p.add_argument("--min-face", type=int, default=24, help="smallest face side searched for, pixels (default 24)")
+
+    def run(args: argparse.Namespace) -> int:
+        from mmexpr.faces.video import faces_command
+
+        print(faces_command(args.input, args.out, preview=args.preview, min_face=args.min_face))
         return 0
 
     p.set_defaults(func=run)
@@ -343,6 +394,7 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _synth,
     _pack,
+    _faces,
     _show_config,
     _train,
     _evaluate,

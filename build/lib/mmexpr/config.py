@@ -38,6 +38,24 @@ class DataConfig(_Strict):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(64, ge=0, description="sample shuffle buffer in training")
     sample_rate: int = Field(16000, ge=1000, description="audio rate the shards hold")
+    max_skipped: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="fraction of samples read that may be skipped (undecodable, truncated shard, checksum "
+        "mismatch) before a training stops with an error naming the shards",
+    )
+    verify_shards: bool = Field(True, description="check each local shard's sha256 against the manifest before reading it")
+    audio_context_s: float = Field(
+        0.0, ge=0.0, le=30.0,
+        description="seconds of audio centred on each window (within its chunk) the audio encoder hears; "
+        "0: only the window's own frames' audio",
+    )
+    augment_faces: bool = Field(
+        False, description="training only: random resized crop, horizontal flip, brightness/contrast "
+        "jitter and grayscale, one draw per window",
+    )
+    augment_voices: bool = Field(
+        False, description="training only: random gain, additive noise and a time mask, one draw per window",
+    )
 
 
 EncoderTrain = Literal["frozen", "full", "last"]
@@ -55,8 +73,10 @@ class EncoderConfig(_Strict):
 class ModelConfig(_Strict):
     """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
-    preset: Literal["pretrained", "tiny"] = Field(
-        "pretrained", description="tiny builds small random encoders from configs (tests, demo)"
+    preset: Literal["pretrained", "tiny", "scratch"] = Field(
+        "pretrained",
+        description="tiny builds small random encoders from configs (tests, demo); scratch builds "
+        "the named encoders' real architectures (CLIP ViT-B/16, wav2vec2-base) with random weights",
     )
     modalities: Literal["audio_video", "video", "audio"] = "audio_video"
     visual: EncoderConfig = EncoderConfig(name="openai/clip-vit-base-patch16")
@@ -71,7 +91,25 @@ class ModelConfig(_Strict):
     fusion_heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance to drop a modality per window in training")
+    tasks: list[Literal["expr", "va", "au"]] = Field(
+        default_factory=lambda: ["expr"],
+        description="frame tasks, one head each on the fused features: expr (8 classes), va (valence, "
+        "arousal), au (12 action units); the first is the one train.best_metric follows by default",
+    )
+    task_weights: dict[Literal["expr", "va", "au"], float] = Field(
+        default_factory=lambda: {"expr": 1.0, "va": 1.0, "au": 1.0},
+        description="loss weight of each task in model.tasks (a task left out weighs 1)",
+    )
+    va_mse_weight: float = Field(0.0, ge=0.0, description="adds this x MSE to the VA loss (1 - CCC per dimension)")
+    au_pos_weight_max: float = Field(
+        10.0, ge=1.0, description="cap on the AU BCE positive weights (negatives/positives from the train manifest)"
+    )
     loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="CE label smoothing (0: off)")
+    smooth: int = Field(
+        0, ge=0, description="frames of a centred moving average over per-frame probabilities, in "
+        "training's evaluation and as predict's default --smooth (0: off)",
+    )
     class_weights: bool = Field(True, description="weight CE by inverse train label frequency")
     focal_gamma: float = Field(2.0, ge=0.0)
     contrastive_weight: float = Field(0.1, ge=0.0, description="0 turns the text-guided loss off")
@@ -111,6 +149,11 @@ class TrainConfig(_Strict):
         0, ge=0, description="stop this invocation after N steps with a checkpoint (time slices); 0 runs to max_steps"
     )
     log_every: int = Field(10, ge=1, description="steps between MLflow metric flushes (every step is logged)")
+    best_metric: Literal["auto", "expr", "va", "au", "mean"] = Field(
+        "auto",
+        description="ABAW score that picks the best checkpoint: a task's (EXPR macro F1, VA mean CCC, AU mean F1), "
+        "their mean over model.tasks, or auto (the first task of model.tasks)",
+    )
     progress: bool = Field(True, description="one progress display in the driver (a bar on a terminal, a line every 10 s in a log)")
 
 
@@ -131,7 +174,11 @@ class SlurmConfig(_Strict):
     """
 
     nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)
+    gpus_per_node: int | None = Field(
+        None, ge=0,
+        description="GPUs per node; empty: follow the job (train.workers spread over the nodes when "
+        "train.use_gpu, else 0)",
+    )
     cpus_per_node: int = Field(8, ge=1, description="CPUs per node (cpus-per-task, one task per node)")
     mem: str = Field("", pattern=r"^$|^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G; empty: cluster default")
     time: str = Field("04:00:00", pattern=r"^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$", description="time limit, [D-]HH:MM:SS")
@@ -173,6 +220,12 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> JobConfig:
+        if not self.model.tasks or len(set(self.model.tasks)) != len(self.model.tasks):
+            raise ValueError(f"model.tasks: {self.model.tasks}; expected one or more of expr, va, au, each once")
+        if self.train.best_metric not in ("auto", "mean", *self.model.tasks):
+            raise ValueError(
+                f"train.best_metric: {self.train.best_metric!r} is not in model.tasks {self.model.tasks}"
+            )
         if self.model.hidden % self.model.fusion_heads:
             raise ValueError(
                 f"model.hidden ({self.model.hidden}) must be divisible by "

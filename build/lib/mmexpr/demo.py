@@ -29,6 +29,7 @@ from mmexpr.store import job_tracking_uri
 from mmexpr.synth.corpus import SynthSpec
 
 DEMO_TAG = "mmexpr.demo_job"
+SCORE_NAMES = {"expr": "EXPR macro F1", "va": "VA mean CCC", "au": "AU mean F1"}
 
 
 # Corpus sizes: 40 videos give the model enough faces and voices to reach macro F1 0.8 on
@@ -59,6 +60,7 @@ class DemoResult:
     report: str
     seconds: float
     reused_run: bool
+    task_scores: dict[str, float] = field(default_factory=dict)  # ABAW score per task, from the files
 
 
 def _say(text: str) -> None:
@@ -76,8 +78,12 @@ def make_corpus(workdir: Path, size: SynthSpec) -> Path:
     out = corpus_dir(workdir, size)
     facts = out / "corpus.json"
     if facts.is_file():
-        settings = json.loads(facts.read_text()).get("settings", {})
-        if settings.get("videos") == size.videos and settings.get("seconds") == size.seconds:
+        from mmexpr.synth.corpus import FORMAT_VERSION
+
+        written = json.loads(facts.read_text())
+        settings = written.get("settings", {})
+        same = settings.get("videos") == size.videos and settings.get("seconds") == size.seconds
+        if same and written.get("format") == FORMAT_VERSION:
             print(f"corpus: reusing {out}")
             return out
     print(write_corpus(out, size, overwrite=facts.is_file()))
@@ -153,6 +159,7 @@ def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
 
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every stage in order; prints what it does and the final scores."""
+    from mmexpr.data.sources import challenge_folder
     from mmexpr.predict.evaluate import evaluate_dirs
     from mmexpr.predict.predict import PredictOptions, predict
     from mmexpr.runs.ui import runs_url
@@ -179,7 +186,11 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     predict(PredictOptions(out=str(val_pred), shards=job.data.shards, splits=[job.data.val_split],
                            stride=job.data.window, **common))
     labels = corpus / "annotations" / "Validation_Set"
-    report = evaluate_dirs(val_pred, labels)
+    report = evaluate_dirs(val_pred / "expr", labels)
+    reports = {"expr": report}
+    for task in job.model.tasks:
+        if task != "expr":
+            reports[task] = evaluate_dirs(val_pred / task, corpus / "annotations" / challenge_folder(task) / "Validation_Set")
 
     _say("5/5 predict: overlapping windows over the raw validation videos -> ABAW submission files")
     video_pred = workdir / "predictions" / run_id / "validation-videos"
@@ -193,8 +204,14 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     _say(f"demo done in {seconds / 60:.1f} min")
     print(f"validation macro F1 (training's evaluation windows): {report.scores.macro_f1:.4f}")
     print(report.scores.table())
+    for task, other in reports.items():
+        if task != "expr":
+            print(other.scores.table())
+    print("validation ABAW scores: " + ", ".join(f"{SCORE_NAMES[t]} {r.abaw:.4f}" for t, r in reports.items()))
     if summary.scores is not None:
         print(f"overlapping windows over the raw videos (stride {summary.stride}): macro F1 {summary.scores.macro_f1:.4f}")
+        if len(summary.task_scores.present()) > 1:
+            print(f"  {summary.task_scores.line()}")
     print(f"submission files: {video_pred}")
     print(f"MLflow run: {run.info.run_name} ({run_id}), experiment {job.track.experiment!r} "
           f"(id {run.info.experiment_id}), store {uri}")
@@ -203,5 +220,5 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     return DemoResult(
         run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=uri, macro_f1=report.scores.macro_f1, scores=report.scores,
         predict_f1=summary.scores.macro_f1 if summary.scores else None, report=report.text(),
-        seconds=seconds, reused_run=reused,
+        seconds=seconds, reused_run=reused, task_scores={t: r.abaw for t, r in reports.items()},
     )

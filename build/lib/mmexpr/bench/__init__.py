@@ -4,4 +4,4 @@ Each module has `main(argv) -> int` and prints one table (table.py). They live i
 package so that an installed mmexpr runs them; tests import them from here.
 """
 
-NAMES = ("loader", "model", "train")
+NAMES = ("faces", "learn", "loader", "model", "predict_memory", "train")

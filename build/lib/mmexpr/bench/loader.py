@@ -6,8 +6,11 @@ One run, one synthetic corpus, the same frames for every contender, all single-c
 - loader: training windows delivered by `make_loader` (no DataLoader workers, so the
   whole pipeline runs in this process: tar reading, decord decode, windows, audio,
   batching), counted as real (mask=True) frames per CPU second;
-- decode bound: decord decoding every frame of every chunk once, straight from the
-  in-memory mp4 bytes, with nothing else to do;
+- decode bound: the loader's decoder (`data.decode.decode_video`: PyAV + OpenCV's YUV
+  4:2:0 -> RGB) decoding every frame of every chunk once, straight from the in-memory mp4
+  bytes, with nothing else to do; and decord doing the same (the decoder used before);
+- workers matched to the cores: the same loader with one DataLoader worker per core,
+  frames per wall second against cores x the single-process frames per CPU second;
 - JPEG folder: the same frames written as one JPEG per frame (how Aff-Wild2 ships face
   crops, OpenCV's default quality 95), delivered as the same training windows (same
   count per chunk, random starts, [B, T, 3, H, W] batches) reading each frame's file with
@@ -49,34 +52,54 @@ def _shard_members(shards: Path, split: str) -> list[dict[str, bytes]]:
 
 
 def measure_decode_bound(samples: list[dict[str, bytes]]) -> tuple[float, int, list]:
-    """Frames/s decoding every frame once with decord; also returns the frames for JPEG."""
-    import decord
+    """Frames/s decoding every frame once with the loader's decoder; also returns the frames."""
+    from mmexpr.data.decode import decode_video
 
+    decode_video(samples[0]["mp4"])  # warm-up: imports (PyAV, OpenCV) and codec set-up stay out of the time
     begin = _cpu()
     frames = 0
     decoded = []
     for sample in samples:
-        reader = decord.VideoReader(io.BytesIO(sample["mp4"]), num_threads=1)
-        batch = reader.get_batch(list(range(len(reader)))).asnumpy()
+        batch = decode_video(sample["mp4"])
         frames += len(batch)
         decoded.append(batch)
     return frames / (_cpu() - begin), frames, decoded
 
 
-def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, epochs: int) -> tuple[float, int]:
+def measure_decord(samples: list[dict[str, bytes]]) -> float:
+    """Frames/s of decord reading every frame to RGB, one thread (the decoder used before)."""
+    import decord
+
+    decord.VideoReader(io.BytesIO(samples[0]["mp4"]), num_threads=1).get_batch([0])  # warm-up
+    begin = _cpu()
+    frames = 0
+    for sample in samples:
+        reader = decord.VideoReader(io.BytesIO(sample["mp4"]), num_threads=1)
+        frames += len(reader.get_batch(list(range(len(reader)))).asnumpy())
+    return frames / (_cpu() - begin)
+
+
+def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, epochs: int,
+                   workers: int = 0, verify: bool = True) -> tuple[float, int]:
+    """Real frames delivered per CPU second of this process (workers=0), or per wall second
+    with `workers` DataLoader processes; `verify` hashes every shard against the manifest."""
     from mmexpr.config import DataConfig
+    from mmexpr.data import loader as loader_module
     from mmexpr.data.loader import make_loader
 
-    data = DataConfig(window=window, image_size=face_size, batch_size=batch_size, loader_workers=0, shuffle_buffer=16)
+    loader_module._VERIFIED.clear()  # hash every shard again, as a fresh DataLoader worker would
+    data = DataConfig(window=window, image_size=face_size, batch_size=batch_size, loader_workers=workers,
+                      shuffle_buffer=16, verify_shards=verify)
     loader = make_loader(str(shards), "train", data, train=True, seed=0)
     steps = loader.steps_per_epoch * epochs
+    clock = _cpu if workers == 0 else time.perf_counter
     delivered = 0
-    begin = _cpu()
+    begin = clock()
     for i, batch in enumerate(loader):
         delivered += int(batch.mask.sum())
         if i + 1 == steps:
             break
-    return delivered / (_cpu() - begin), delivered
+    return delivered / (clock() - begin), delivered
 
 
 def write_jpeg_folder(root: Path, decoded: list) -> tuple[list[list[Path]], int]:
@@ -140,10 +163,10 @@ def measure_jpeg_windows(folders: list[list[Path]], read, window: int, batch_siz
 def measure_packing(corpus: Path, face_size: int, chunk_frames: int) -> float:
     """Seconds of video packed per CPU second, one video after another in this process."""
     from mmexpr.data.encode import PackSettings, pack_video
-    from mmexpr.data.sources import discover
+    from mmexpr.data.sources import discover, faces_mode
 
     jobs = discover(corpus).jobs
-    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size, faces=faces_mode(corpus))
     pack_video(jobs[0], settings)  # warm-up: imports (torch for resampling), codec tables
     begin = _cpu()
     seconds = 0.0
@@ -162,6 +185,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2, help="loader epochs to time")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the matched row (0: one per core)")
     p.add_argument("--workdir", default=None, help="keep corpus, shards and JPEGs here (default: a temp folder)")
     args = p.parse_args(argv)
 
@@ -187,7 +211,12 @@ def main(argv: list[str]) -> int:
 
         samples = _shard_members(shards, "train")
         bound, frames, decoded = measure_decode_bound(samples)
+        decord_fps = measure_decord(samples)
         loader_fps, delivered = measure_loader(shards, args.face_size, args.window, args.batch_size, args.epochs)
+        unchecked_fps, _ = measure_loader(shards, args.face_size, args.window, args.batch_size, args.epochs,
+                                          verify=False)
+        cores = args.workers or os.cpu_count() or 1
+        wall_fps, _ = measure_loader(shards, args.face_size, args.window, args.batch_size, args.epochs, cores)
         folders, jpeg_bytes = write_jpeg_folder(work / "jpeg", decoded)
         cv_fps = measure_jpeg_windows(folders, _read_opencv, args.window, args.batch_size, args.epochs)
         pil_fps = measure_jpeg_windows(folders, _read_pil, args.window, args.batch_size, args.epochs)
@@ -200,9 +229,15 @@ def main(argv: list[str]) -> int:
               detail=f"{loader_fps:.0f} vs {bound:.0f} frames/s"),
         Ratio(f"loader / JPEG folder, faster reader ({best_name})", loader_fps / best, 1.0,
               detail=f"{loader_fps:.0f} vs OpenCV {cv_fps:.0f}, PIL {pil_fps:.0f} frames/s"),
+        Ratio("decode: PyAV + OpenCV I420 / decord (frames/s/core)", bound / decord_fps, 1.0,
+              detail=f"{bound:.0f} vs {decord_fps:.0f} frames/s"),
+        Ratio(f"{cores} loader workers (wall) / {cores} x 1 core", wall_fps / (cores * loader_fps), 0.7,
+              detail=f"{wall_fps:.0f} frames/s wall vs {cores} x {loader_fps:.0f}; shared cores lower this"),
         Ratio("bytes/frame: shard video / JPEG folder", (mp4_bytes / frames) / (jpeg_bytes / frames), 0.1,
               higher_is_better=False, detail=f"{mp4_bytes / frames:.0f} vs {jpeg_bytes / frames:.0f} B/frame"),
         Ratio("packing: s of video / CPU s", pack_speed, 10.0, detail=f"at {args.face_size} px, one Ray task's work"),
+        Ratio("loader with shard sha256 check / without", loader_fps / unchecked_fps, 0.95,
+              detail=f"{loader_fps:.0f} vs {unchecked_fps:.0f} frames/s, every shard hashed once per pass"),
     ]
     notes = [
         f"frames: {frames} in {len(samples)} train chunks of <= {args.chunk_frames}, {args.face_size} px; "

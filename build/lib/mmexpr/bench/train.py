@@ -17,6 +17,11 @@
    are left out, as in the paper. Goal: within 10%.
 3. Checkpoints: seconds per GB to publish (checkpoint.save: DeepSpeed shards + portable copy
    + atomic rename) and to load (DeepSpeed's sharded load), ZeRO-2, 2 workers.
+4. With `--preset scratch`: all of the above on the paper's model at its real size
+   (`jobs/paper-e2e.yaml`, CLIP ViT-B/16 + wav2vec2-base built from their configs, 224 px),
+   a ZeRO-2 row with optimizer offload, and the peak RSS of one training step with and
+   without gradient checkpointing on the encoders (each in a fresh process, so the peak
+   is that step's own).
 """
 
 from __future__ import annotations
@@ -28,6 +33,67 @@ import time
 from pathlib import Path
 
 from mmexpr.bench.table import Ratio, print_table
+
+
+def paper_job(window: int, batch_size: int, steps: int, *extra: str):
+    """`jobs/paper-e2e.yaml` at its real size (preset scratch, 224 px) with a short window:
+    the model's size is what matters for memory and step time, not the window's."""
+    from mmexpr.config import load_job
+
+    return load_job("jobs/paper-e2e.yaml", [
+        "model.preset=scratch", f"data.window={window}", f"data.stride={window}", "data.image_size=224",
+        f"data.batch_size={batch_size}", f"train.max_steps={steps}", "train.warmup_steps=1",
+        "train.workers=1", "train.use_gpu=false", *extra,
+    ])
+
+
+def with_checkpointing(job, on: bool):
+    """The job with gradient checkpointing of the visual and audio encoders set to `on`."""
+    model = job.model.model_copy(update={
+        "visual": job.model.visual.model_copy(update={"gradient_checkpointing": on}),
+        "audio": job.model.audio.model_copy(update={"gradient_checkpointing": on}),
+    })
+    return job.model_copy(update={"model": model})
+
+
+def _step_peak_rss(job_dict: dict, queue) -> None:
+    import resource
+
+    import torch
+
+    from mmexpr.config import job_from_dict
+    from mmexpr.model.model import build_model
+
+    torch.set_num_threads(1)
+    job = job_from_dict(job_dict)
+    torch.manual_seed(0)
+    model = build_model(job.model, None)
+    model.train()
+    batch = _batches(job, 1)[0]
+    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model(batch)["loss"].backward()
+    queue.put((built, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def step_peak_rss(job) -> tuple[int, int]:
+    """(peak RSS once the model is built, peak RSS after one forward + backward), in bytes,
+    measured in a fresh process so that nothing earlier raised the high-water mark."""
+    import multiprocessing as mp
+    import queue as queues
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_step_peak_rss, args=(job.to_dict(), results))
+    proc.start()
+    while True:  # a child that dies never answers: stop waiting for it then
+        try:
+            result = results.get(timeout=2)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"peak-RSS step process exited with {proc.exitcode}") from None
+    proc.join()
+    return result
 
 
 def _job(hidden: int, steps: int):
@@ -203,32 +269,49 @@ def paper_bytes(stage: int, psi: int, n: int) -> float:
     }[stage]
 
 
+def _stage(text: str) -> tuple[int, bool]:
+    """`2` -> (2, no offload); `2o` -> (2, optimizer offload to CPU)."""
+    return int(text.rstrip("o")), text.endswith("o")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench train", description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--preset", choices=("tiny", "scratch"), default="tiny",
+                        help="tiny model, or the paper's at its real size (jobs/paper-e2e.yaml, 224 px)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per loop (default 30 tiny, 3 scratch)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 5 tiny, 1 scratch)")
     parser.add_argument("--hidden", type=int, default=256, help="model.hidden of the tiny model")
-    parser.add_argument("--stages", default="0,1,2,3", help="ZeRO stages to measure")
+    parser.add_argument("--window", type=int, default=2, help="frames per window of the scratch model")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per step of the scratch model")
+    parser.add_argument("--stages", default="0,1,2,3,2o", help="ZeRO stages to measure; `o`: with optimizer offload")
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead comparison")
+    parser.add_argument("--no-rss", action="store_true", help="skip the gradient-checkpointing peak RSS")
     args = parser.parse_args(argv)
 
     import ray
 
     from mmexpr.train.driver import start_ray
 
-    job = _job(args.hidden, args.steps + args.warmup)
-    batches = _batches(job, args.steps + args.warmup)
-    stages = [int(s) for s in args.stages.split(",")]
-    plain = None if args.no_overhead else plain_loop(job, batches, args.warmup)
+    scratch = args.preset == "scratch"
+    steps = args.steps if args.steps is not None else (3 if scratch else 30)
+    warmup = args.warmup if args.warmup is not None else (1 if scratch else 5)
+    job = paper_job(args.window, args.batch_size, steps + warmup) if scratch else _job(args.hidden, steps + warmup)
+    batches = _batches(job, steps + warmup)
+    stages = [_stage(s) for s in args.stages.split(",") if s]
+    rss = None
+    if not args.no_rss:
+        rss = {on: step_peak_rss(with_checkpointing(job, on)) for on in (True, False)}
+    plain = None if args.no_overhead else plain_loop(job, batches, warmup)
     start_ray(job.model_copy(update={"train": job.train.model_copy(update={"workers": 2})}))
     try:
-        full = None if args.no_overhead else _run(job, {"mode": "overhead", "batches": batches, "warmup": args.warmup}, 1)
+        full = None if args.no_overhead else _run(job, {"mode": "overhead", "batches": batches, "warmup": warmup}, 1)
         zero = {}
         with tempfile.TemporaryDirectory() as ck:
-            for stage in stages:
-                staged = job.model_copy(update={"train": job.train.model_copy(update={"zero_stage": stage, "workers": 2})})
-                config = {"mode": "zero", "batches": batches[:3], "checkpoint": ck if stage == 2 else None}
-                zero[stage] = _run(staged, config, 2)
+            for stage, offload in stages:
+                train = job.train.model_copy(update={"zero_stage": stage, "workers": 2, "offload": offload})
+                config = {"mode": "zero", "batches": batches[:3],
+                          "checkpoint": ck if (stage, offload) == (2, False) else None}
+                zero[stage, offload] = _run(job.model_copy(update={"train": train}), config, 2)
     finally:
         ray.shutdown()
 
@@ -240,21 +323,30 @@ def main(argv: list[str] | None = None) -> int:
                           higher_is_better=False,
                           detail=f"{plain:.2f} vs {full['samples_per_s']:.2f} samples/s, 1 worker, 1 thread, "
                                  f"ZeRO-{job.train.zero_stage} (runs as {zero_stage_for(job, 1)} on one worker)"))
-    for stage, r in zero.items():
+    for (stage, offload), r in zero.items():
         measured = r["params"] + r["grads"] + r["optimizer"]
         expected = paper_bytes(stage, r["psi"], 2)
-        rows.append(Ratio(f"ZeRO-{stage} |rank-0 model states / paper - 1|", abs(measured / expected - 1), 0.10,
+        label = f"ZeRO-{stage}{' offload' if offload else ''}"
+        rows.append(Ratio(f"{label} |rank-0 model states / paper - 1|", abs(measured / expected - 1), 0.10,
                           higher_is_better=False,
                           detail=f"{measured / 1e6:.2f} vs {expected / 1e6:.2f} MB (params {r['params'] / 1e6:.2f}, "
                                  f"grads {r['grads'] / 1e6:.2f}, optim {r['optimizer'] / 1e6:.2f}; Ψ={r['psi']:,})"))
-    notes = []
-    c = zero.get(2)
+    if rss is not None:
+        (b_on, p_on), (b_off, p_off) = rss[True], rss[False]
+        rows.append(Ratio("step peak RSS growth: checkpointing / none", (p_on - b_on) / (p_off - b_off), 1.0,
+                          higher_is_better=False,
+                          detail=f"{(p_on - b_on) / 1e9:.2f} vs {(p_off - b_off) / 1e9:.2f} GB over the built model; "
+                                 f"peak {p_on / 1e9:.2f} vs {p_off / 1e9:.2f} GB"))
+    d = job.data
+    notes = [f"model: {'jobs/paper-e2e.yaml, preset scratch' if scratch else 'tiny'}; batch {d.batch_size} x "
+             f"{d.window} frames at {d.image_size} px; fp32 on CPU"]
+    c = zero.get((2, False))
     if c is not None:
         gb = c["bytes"] / 1e9
         notes.append(
-        f"checkpoint (ZeRO-2, 2 workers, {c['bytes'] / 1e6:.1f} MB incl. portable copy): "
-        f"save {c['save_s'] / gb:.1f} s/GB ({c['save_s']:.2f} s), load {c['load_s'] / gb:.1f} s/GB ({c['load_s']:.2f} s)")
-    print_table("train", rows, notes)
+            f"checkpoint (ZeRO-2, 2 workers, {c['bytes'] / 1e6:.1f} MB incl. portable copy): "
+            f"save {c['save_s'] / gb:.1f} s/GB ({c['save_s']:.2f} s), load {c['load_s'] / gb:.1f} s/GB ({c['load_s']:.2f} s)")
+    print_table(f"bench train ({args.preset})", rows, notes)
     return 0
 
 

@@ -1,8 +1,16 @@
-"""Decode shard members straight from the bytes in memory: mp4 with decord, wav with `wave`.
+"""Decode shard members straight from the bytes in memory: mp4 with PyAV, wav with `wave`.
 
-Nothing touches the disk: a tar member arrives as bytes, `decord.VideoReader` reads it
-through a file-like object. One decoding thread per reader, because the loader already
-runs one process per core (DataLoader workers); extra threads only contend.
+Nothing touches the disk: a tar member arrives as bytes and is read through a file-like
+object. One decoding thread per reader, because the loader already runs one process per
+core (DataLoader workers); extra threads only contend.
+
+Where the time went: with decord, converting each frame to RGB (its swscale filter graph)
+cost about as much as decoding the H.264 itself. Here PyAV hands over each frame's planar
+YUV 4:2:0 planes untouched (one contiguous copy) and OpenCV converts them with its SIMD
+I420 kernel straight into the chunk's output array: no intermediate RGB frame, no
+per-frame allocation, no stacking copy. Frames that are not 4:2:0 with even sides fall back
+to PyAV's own RGB conversion. Resizing, when the shard's size is not the training size,
+runs on uint8 (torch's antialiased bilinear kernel) rather than on a float copy.
 """
 
 from __future__ import annotations
@@ -17,25 +25,66 @@ class MemberError(Exception):
     """A shard member that cannot be decoded; the loader skips the sample and counts it."""
 
 
-def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
-    """All frames of an mp4 as uint8 [F, H, W, 3] RGB, resized to size x size if given.
+def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
+    """Every frame of `stream` as RGB: [F, H, W, 3] uint8 (a list of frames on the fallback path)."""
+    import cv2
 
-    Resizing is done here with torch, not by decord's width/height: decord 0.6 fails on
-    get_batch with a target size of another aspect than its internal buffer.
-    """
-    import decord
+    height, width = stream.codec_context.height, stream.codec_context.width
+    frames = container.decode(stream)
+    first = next(frames, None)
+    if first is None:
+        return []
+    planar = first.format.name == "yuv420p" and not (first.width % 2 or first.height % 2)
+    if not planar or (first.height, first.width) != (height, width):
+        return [f.to_ndarray(format="rgb24") for f in (first, *frames)]
+    out = np.empty((max(stream.frames or 0, 1), height, width, 3), np.uint8)
+    convert, code = cv2.cvtColor, cv2.COLOR_YUV2RGB_I420
+    convert(first.to_ndarray(), code, dst=out[0])  # [H * 3/2, W] planes: Y, then U, then V
+    n = 1
+    extra: list[np.ndarray] = []
+    for frame in frames:  # one hot loop: the stream's format does not change between frames
+        if n < len(out):
+            convert(frame.to_ndarray(), code, dst=out[n])
+            n += 1
+        else:  # the container under-reported its frame count
+            extra.append(convert(frame.to_ndarray(), code))
+    return [*out[:n], *extra] if extra else out[:n]
+
+
+def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
+    """All frames of an mp4 as uint8 [F, H, W, 3] RGB, resized to size x size if given."""
+    import av
 
     try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        count = len(reader)
-        if count == 0:
-            raise MemberError("mp4 holds no frames")
-        frames = reader.get_batch(list(range(count))).asnumpy()
-    except decord.DECORDError as exc:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise MemberError("mp4 holds no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "SLICE"
+            stream.codec_context.thread_count = 1
+            frames = _frames_rgb(container, stream)
+    except (av.FFmpegError, ValueError, OSError) as exc:
         raise MemberError(f"mp4 does not decode: {exc}") from None
-    except RuntimeError as exc:  # decord raises plain RuntimeErrors for bad containers
-        raise MemberError(f"mp4 does not decode: {exc}") from None
+    if isinstance(frames, list):
+        if len({f.shape for f in frames}) > 1:
+            raise MemberError("mp4 changes frame size mid-stream")
+        frames = np.stack(frames) if frames else np.empty((0, 0, 0, 3), np.uint8)
+    if len(frames) == 0:
+        raise MemberError("mp4 holds no frames")
     return resize_frames(frames, size)
+
+
+def frames_to_chw(frames: np.ndarray, out: np.ndarray) -> None:
+    """Copy [n, H, W, 3] frames into `out` [n, 3, H, W]: OpenCV's split writes each channel
+    plane in place, about twice as fast as numpy's strided transpose copy of uint8."""
+    import cv2
+
+    planes_contiguous = out.strides[-1] == 1 and out.strides[-2] == out.shape[-1]
+    if frames.dtype != np.uint8 or out.dtype != np.uint8 or not frames.flags.c_contiguous or not planes_contiguous:
+        out[...] = frames.transpose(0, 3, 1, 2)
+        return
+    for frame, planes in zip(frames, out, strict=True):
+        cv2.split(frame, list(planes))
 
 
 def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
@@ -45,11 +94,10 @@ def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    # channels_last uint8 in, uint8 out: torch's vectorised kernel for exactly this case.
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
     y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
+    return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     """(float32 mono samples in [-1, 1], sample rate) from PCM16 wav bytes."""
     try:

@@ -40,8 +40,11 @@ is just the number of batches consumed: on restore every worker re-plans and ski
 share without decoding anything. Shards are read with webdataset's tar iterator (local
 paths, `pipe:` and http via webdataset, other URLs such as s3:// via fsspec); videos are
 decoded with decord from the bytes in memory. A sample that fails to read or decode is
-skipped and counted (`loader.skipped`); its windows become fully masked windows so the
-batch count, and with it the restore position, stays the same.
+skipped and counted (`loader.skipped`, and per shard in `loader.tally()`); its windows
+become fully masked windows so the batch count, and with it the restore position, stays
+the same. A local shard whose sha256 differs from the manifest's is not read at all (its
+samples count as skipped): hashing it first costs one extra pass over bytes the page cache
+then serves to the reader (`bench loader` measures it).
 """
 
 from __future__ import annotations
@@ -51,13 +54,14 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmexpr.config import DataConfig
+from mmexpr.data.augment import Augment, augment_audio, augment_frames
 from mmexpr.data.batch import Batch, BatchArrays, frame_sample
 from mmexpr.data.decode import MemberError, decode_video, decode_wav
 from mmexpr.data.manifest import Manifest, ManifestError, manifest_path, read_manifest
@@ -182,6 +186,62 @@ def count_batches(manifest: Manifest, layout: Layout, worker: int) -> int:
     return sum(1 for refs, _ in plan_batches(manifest, layout, worker) if refs)
 
 
+# ---------------------------------------------------------------- loss accounting and checksums
+
+
+@dataclass
+class SkipTally:
+    """Samples asked for and samples skipped, with the skips per shard and one reason each."""
+
+    read: int = 0
+    skipped: int = 0
+    shards: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, url: str, reason: str) -> None:
+        self.skipped += 1
+        self.shards[url] = self.shards.get(url, 0) + 1
+        self.reasons.setdefault(url, reason)
+
+    def add(self, other: SkipTally) -> SkipTally:
+        out = SkipTally(self.read + other.read, self.skipped + other.skipped, dict(self.shards), dict(self.reasons))
+        for url, count in other.shards.items():
+            out.shards[url] = out.shards.get(url, 0) + count
+        for url, reason in other.reasons.items():
+            out.reasons.setdefault(url, reason)
+        return out
+
+    def copy(self) -> SkipTally:
+        return SkipTally().add(self)
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def checksum_problem(url: str, expected: str) -> str:
+    """Why a local shard must not be read (its sha256 differs from the manifest's), or "".
+
+    Remote shards are not hashed here: that would read them twice over the network.
+    """
+    import hashlib
+    import os
+
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in path or path.startswith("pipe:") or not expected or not os.path.isfile(path):
+        return ""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _VERIFIED[key] = h.hexdigest()
+    if _VERIFIED[key] != expected:
+        return f"{url}: sha256 {_VERIFIED[key][:12]}... differs from the manifest's {expected[:12]}..."
+    return ""
+
+
 # ---------------------------------------------------------------- reading and decoding
 
 
@@ -206,8 +266,10 @@ class ShardReader:
     where the tar cannot be read on, is None.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, verify: bool = True) -> None:
         self.manifest = manifest
+        self.verify = verify
+        self.url = ""
         self.shard: tuple[int, int] = (-1, -1)  # (epoch, shard) being read
         self.samples: Iterator[dict] = iter(())
         self.problem = ""
@@ -217,7 +279,11 @@ class ShardReader:
 
         url = self.manifest.url(self.manifest.shards[shard])
         self.shard = (epoch, shard)
-        self.problem = ""
+        self.url = url
+        self.problem = checksum_problem(url, self.manifest.shards[shard].sha256) if self.verify else ""
+        if self.problem:
+            self.samples = iter(())
+            return
         try:
             stream = _open(url)
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
@@ -265,16 +331,39 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
     return Decoded(frames, audio, bool(meta.get("has_audio", len(audio) > 0)), meta)
 
 
+def sample_tasks(meta: dict, lo: int, hi: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """VA [n, 2] (NaN unknown) and AU [n, 12] (-1 unknown) of frames [lo, hi) of a sample's json;
+    None for a task the sample has no labels of."""
+    va = au = None
+    if "va" in meta:
+        va = np.asarray([[np.nan, np.nan] if row is None else row for row in meta["va"][lo:hi]], np.float32)
+        va = va.reshape(-1, 2)
+    if "au" in meta:
+        au = np.asarray(meta["au"][lo:hi], np.int64).reshape(hi - lo, -1)
+    return va, au
+
+
+def sample_face(meta: dict, lo: int, hi: int) -> np.ndarray | None:
+    """Face-present flags of frames [lo, hi) of a sample; None where the sample carries none
+    (shards packed before the flag existed: every frame has a face)."""
+    face = meta.get("face")
+    return None if face is None else np.asarray(face[lo:hi], bool)
+
+
 class BatchBuilder:
     """Batches (batch.py) from decoded samples and the plan's window references."""
 
-    def __init__(self, window: int, image_size: int, sample_rate: int) -> None:
+    def __init__(self, window: int, image_size: int, sample_rate: int, audio_context_s: float = 0.0,
+                 augment: Augment | None = None, rng: np.random.Generator | None = None) -> None:
         self.T = window
         self.size = image_size
         self.rate = sample_rate
+        self.context = audio_context_s
+        self.augment = augment if augment is not None and augment.active else None
+        self.rng = rng or np.random.default_rng(0)
 
     def build(self, windows: list[tuple[WindowRef, Decoded | None]], batch_size: int) -> Batch:
-        arrays = BatchArrays(batch_size, self.T, self.size, self.rate)
+        arrays = BatchArrays(batch_size, self.T, self.size, self.rate, audio_context_s=self.context)
         for b, (ref, dec) in enumerate(windows):
             if dec is None:  # corrupt sample or padding: a fully masked window
                 continue
@@ -282,11 +371,27 @@ class BatchBuilder:
             fps = meta["fps"]
             lo, hi = ref.start, min(ref.start + self.T, len(meta["labels"]))
             labels = np.asarray(meta["labels"][lo:hi], np.int64)
-            labels[: max(0, ref.covered - lo)] = -1  # labelled by an earlier window already
+            seen = max(0, ref.covered - lo)  # frames labelled by an earlier window already
+            labels[:seen] = -1
+            va, au = sample_tasks(meta, lo, hi)
+            if va is not None:
+                va[:seen] = np.nan
+            if au is not None:
+                au[:seen] = -1
             span = (frame_sample(lo, fps, self.rate), frame_sample(hi, fps, self.rate))
             arrays.put(b, dec.frames[lo:hi], fps=fps, start=meta["first_frame"] + lo, track=meta["track"],
-                       labels=labels, audio=dec.audio if dec.has_audio else None, audio_span=span)
+                       labels=labels, va=va, au=au, audio=dec.audio if dec.has_audio else None, audio_span=span,
+                       face=sample_face(meta, lo, hi), audio_limit=(0, len(dec.audio)))
+        if self.augment is not None:
+            self._augment(arrays)
         return arrays.batch()
+
+    def _augment(self, arrays: BatchArrays) -> None:
+        for b in range(len(arrays.track)):
+            if self.augment.faces:
+                augment_frames(arrays.video[b], int(arrays.mask[b].sum()), self.rng, self.augment)
+            if self.augment.voices:
+                augment_audio(arrays.audio[b], int(arrays.audio_len[b]), self.rng, self.augment)
 
 
 # ---------------------------------------------------------------- the dataset and the loader
@@ -295,7 +400,7 @@ class BatchBuilder:
 class WindowDataset(IterableDataset):
     """One rank's stream; each DataLoader worker plays its own slot of the plan.
 
-    Yields (batch, epoch, worker, skipped_so_far) so the main process can keep the state.
+    Yields (batch, epoch, worker, SkipTally so far) so the main process can keep the state.
     """
 
     def __init__(
@@ -306,6 +411,8 @@ class WindowDataset(IterableDataset):
         sample_rate: int,
         start_epoch: int,
         skip: list[int],
+        audio_context_s: float = 0.0,
+        augment: Augment | None = None,
     ) -> None:
         self.manifest = manifest
         self.layout = layout
@@ -313,6 +420,9 @@ class WindowDataset(IterableDataset):
         self.sample_rate = sample_rate
         self.start_epoch = start_epoch
         self.skip = skip  # batches to skip, per worker
+        self.verify = True
+        self.audio_context_s = audio_context_s
+        self.augment = augment if layout.train else None  # evaluation sees the data as packed
 
     def __iter__(self):
         info = get_worker_info()
@@ -323,27 +433,30 @@ class WindowDataset(IterableDataset):
 
     def _stream(self, worker: int):
         manifest, layout = self.manifest, self.layout
-        builder = BatchBuilder(layout.window, self.image_size, self.sample_rate)
-        reader = ShardReader(manifest)
+        rng = np.random.default_rng([layout.seed, self.start_epoch, layout.rank, worker, 4099])
+        builder = BatchBuilder(layout.window, self.image_size, self.sample_rate, self.audio_context_s,
+                               self.augment, rng)
+        reader = ShardReader(manifest, self.verify)
         queue: deque[SampleRef] = deque()  # samples introduced, not fetched yet, in stream order
         raw: dict[SampleRef, dict | None] = {}
         decoded: dict[SampleRef, Decoded | None] = {}
         left: dict[SampleRef, int] = {}
-        skipped = 0
+        tally = SkipTally()
+        urls: dict[SampleRef, str] = {}
         batch_no = 0
 
         def fetch(target: SampleRef) -> None:
-            nonlocal skipped
             while target not in raw and target not in decoded and queue:
                 ref = queue.popleft()
                 sample, problem = reader.get(ref)
+                tally.read += 1
+                urls[ref] = reader.url
                 if sample is None:
-                    skipped += 1
+                    tally.skip(reader.url, problem)
                     warnings.warn(f"skipping sample {ref.key}: {problem}", stacklevel=2)
                 raw[ref] = sample
 
         def materialise(ref: SampleRef) -> Decoded | None:
-            nonlocal skipped
             if ref not in decoded:
                 sample = raw.pop(ref, None)
                 decoded[ref] = None
@@ -351,7 +464,7 @@ class WindowDataset(IterableDataset):
                     try:
                         decoded[ref] = decode_sample(sample, self.image_size, self.sample_rate)
                     except MemberError as exc:
-                        skipped += 1
+                        tally.skip(urls.get(ref, ""), str(exc))
                         warnings.warn(f"skipping sample {ref.key}: {exc}", stacklevel=2)
             return decoded[ref]
 
@@ -373,8 +486,9 @@ class WindowDataset(IterableDataset):
                     del left[w.sample]
                     raw.pop(w.sample, None)
                     decoded.pop(w.sample, None)
+                    urls.pop(w.sample, None)
             if batch is not None:
-                yield batch, refs[0].epoch, worker, skipped
+                yield batch, refs[0].epoch, worker, tally.copy()
 
 
 class WindowLoader:
@@ -389,7 +503,7 @@ class WindowLoader:
         self._consumed = 0  # batches handed out since start_epoch began (training)
         self._start_epoch = 0
         self._epoch = 0
-        self._skipped: dict[int, int] = {}
+        self._skipped: dict[int, SkipTally] = {}
         if layout.train:
             self.windows_per_epoch = sum(
                 train_window_count(f, layout.window) for s in manifest.shards for f in s.sample_frames
@@ -415,7 +529,14 @@ class WindowLoader:
     @property
     def skipped(self) -> int:
         """Samples skipped as unreadable so far (this rank, the current pass)."""
-        return sum(self._skipped.values())
+        return self.tally().skipped
+
+    def tally(self) -> SkipTally:
+        """Samples read and skipped so far (this rank, the current pass), with the shards."""
+        total = SkipTally()
+        for part in self._skipped.values():
+            total = total.add(part)
+        return total
 
     @property
     def epoch(self) -> int:
@@ -461,7 +582,10 @@ class WindowLoader:
         W = self.layout.workers
         done = self._consumed if self.layout.train else 0
         skip = [done // W + (1 if w < done % W else 0) for w in range(W)]
-        return WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch, skip)
+        dataset = WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch,
+                                skip, self.data.audio_context_s, augment_of(self.data))
+        dataset.verify = self.data.verify_shards
+        return dataset
 
     def __iter__(self) -> Iterator[Batch]:
         workers = self.data.loader_workers
@@ -482,7 +606,7 @@ class WindowLoader:
             handed += 1
             yield batch
         if not self.layout.train:
-            empty = BatchBuilder(self.layout.window, self.image_size, self.sample_rate)
+            empty = BatchBuilder(self.layout.window, self.image_size, self.sample_rate, self.data.audio_context_s)
             for _ in range(handed, self.steps_per_epoch):
                 yield empty.build([], self.layout.batch_size)
 
@@ -515,6 +639,10 @@ def make_loader(
             f"{layout.workers}); use fewer workers or pack with smaller --chunk-frames"
         )
     return WindowLoader(manifest, layout, data, state)
+
+
+def augment_of(data: DataConfig) -> Augment:
+    return Augment(faces=data.augment_faces, voices=data.augment_voices)
 
 
 def _layout_of(data: DataConfig, train: bool, rank: int, world_size: int, seed: int) -> Layout:

@@ -78,6 +78,15 @@ class Manifest:
         """Labelled frames per class, for class weights."""
         return list(self.label_histogram[:8])
 
+    def task_stats(self) -> dict:
+        """Per task: tracks, labelled frames, VA mean/std, AU positive rates (empty: old manifest)."""
+        return dict(self.extra.get("tasks", {}))
+
+    def au_positive_rates(self) -> list[float] | None:
+        """Share of known frames on which each AU is active, for BCE positive weights."""
+        au = self.task_stats().get("au")
+        return list(au["positive_rate"]) if au else None
+
     def url(self, shard: ShardInfo) -> str:
         """Where to open a shard: its own URL if absolute, else relative to the manifest folder."""
         if "://" in shard.url or shard.url.startswith(("/", "pipe:")):

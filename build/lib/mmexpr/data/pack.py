@@ -30,19 +30,29 @@ import shutil
 import tarfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from mmexpr.data.encode import PackSettings, VideoResult, pack_video
 from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
-from mmexpr.data.sources import Discovery, Skipped, SourceError, VideoJob, discover
+from mmexpr.data.sources import (
+    EXPECTED_SHAPE,
+    FACE_MODES,
+    Discovery,
+    Skipped,
+    SourceError,
+    VideoJob,
+    discover,
+    faces_mode,
+)
 from mmexpr.errors import UserError
-from mmexpr.labels import NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
 from mmexpr.progress import Progress
 
 WORK = ".work"
+FACES = ".faces"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -59,7 +69,20 @@ class SplitSummary:
     frames: int = 0
     shards: int = 0
     bytes: int = 0
+    faceless: int = 0  # frames without a face (missing crops)
     already_packed: bool = False
+    tasks: dict = field(default_factory=dict)  # the manifest's per-task label statistics
+
+    def task_line(self) -> str:
+        parts = []
+        for task, st in self.tasks.items():
+            text = f"{task} {st['tracks']} tracks {st['frames']} frames"
+            if task == "va":
+                text += f" (mean {st['mean'][0]:+.2f},{st['mean'][1]:+.2f} std {st['std'][0]:.2f},{st['std'][1]:.2f})"
+            if task == "au":
+                text += f" (positive rate {min(st['positive_rate']):.2f}..{max(st['positive_rate']):.2f})"
+            parts.append(text)
+        return f"  {self.split}: " + "; ".join(parts)
 
 
 @dataclass
@@ -70,19 +93,25 @@ class PackSummary:
     seconds: float = 0.0
     packed_frames: int = 0  # frames encoded in this run (0 if everything was already there)
     packed_seconds_of_video: float = 0.0
+    faceless: list[str] = field(default_factory=list)  # tracks in which no face was found
 
     def __str__(self) -> str:
         if self.splits and all(s.already_packed for s in self.splits.values()):
             lines = [f"{self.out}: already packed with these settings, nothing to do"]
         else:
             lines = [f"packed into {self.out} in {self.seconds:.1f} s"]
-        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'shards':>8}{'MB':>9}")
+        lines.append(f"  {'split':<12}{'videos':>8}{'tracks':>8}{'samples':>9}{'frames':>10}{'no face':>9}"
+                     f"{'shards':>8}{'MB':>9}")
         for s in self.splits.values():
             note = "  (already packed)" if s.already_packed else ""
             lines.append(
-                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.shards:>8}"
+                f"  {s.split:<12}{s.videos:>8}{s.tracks:>8}{s.samples:>9}{s.frames:>10}{s.faceless:>9}{s.shards:>8}"
                 f"{s.bytes / 1e6:>9.2f}{note}"
             )
+        lines += [s.task_line() for s in self.splits.values() if s.tasks]
+        if self.faceless:
+            lines.append(f"no face in any frame of {len(self.faceless)} track(s) (packed with face 0, audio kept):")
+            lines += [f"  {name}" for name in self.faceless]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} input(s):")
             lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
@@ -161,12 +190,16 @@ def _write_part(split_dir: Path, result: VideoResult, job: VideoJob) -> dict:
                 "key": s.key,
                 "frames": s.frames,
                 "label_counts": s.label_counts,
+                "track": json.loads(s.members["json"])["track"],
+                "task_stats": s.task_stats,
+                "faceless": s.faceless,
                 "bytes": sum(_member_bytes(d) for d in s.members.values()),
             }
             for s in result.samples
         ],
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
         "fitted": [[name, f.padded, f.truncated] for name, f in result.fitted],
+        "faceless": sorted(result.faceless),
     }
     _atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, sort_keys=True)))
     return meta
@@ -194,6 +227,9 @@ def inputs_digest(jobs: list[VideoJob]) -> str:
         for track in job.tracks:
             h.update(f"{track.name}\0".encode())
             h.update(np.asarray(track.labels, np.int64).tobytes())
+            for task, values in (("va", track.va), ("au", track.au)):
+                if values is not None:  # absent for EXPR-only corpora, whose digest stays as it was
+                    h.update(f"{task}\0".encode() + np.ascontiguousarray(values).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -248,6 +284,24 @@ def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
     return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
 
 
+def _faces_cache(out: Path, video: str) -> Path:
+    """Detections of one video, kept beside the splits: `--overwrite` replaces shards, not them
+    (the detections depend on the video and the detector settings, both checked on use)."""
+    return out / FACES / f"{video}.json"
+
+
+def _with_cached_faces(job: VideoJob, out: Path) -> VideoJob:
+    path = _faces_cache(out, job.video)
+    return replace(job, faces=path.read_text()) if path.is_file() else job
+
+
+def _keep_faces(out: Path, result: VideoResult) -> None:
+    if result.faces:
+        path = _faces_cache(out, result.video)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda tmp: tmp.write_text(result.faces))
+
+
 def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:
     """Pack `jobs` as Ray tasks; write each video's part as soon as it arrives. Returns metas."""
     import ray
@@ -256,8 +310,9 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
     started = _start_ray(ray_address, num_cpus)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
-        pending = {task.remote(job, settings): job for job in jobs}
-        total_frames = sum(max(len(t.labels) for t in job.tracks) for job in jobs)
+        pending = {task.remote(_with_cached_faces(job, out), settings): job for job in jobs}
+        sizes = [max(len(t.labels) for t in job.tracks) for job in jobs]
+        total_frames = sum(sizes) if all(sizes) else None  # a test-list video's length is known once packed
         videos = 0
         with Progress(total_frames, "pack", "frame", enabled=progress) as bar:
             while pending:
@@ -267,6 +322,7 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
                     result: VideoResult = ray.get(done[0])
                 except Exception as exc:  # a crashed task must not stop the run
                     result = VideoResult(job.video, job.split, skipped=[(job.path, f"pack task failed: {exc}")])
+                _keep_faces(out, result)
                 metas[job.video] = _write_part(out / job.split, result, job)
                 videos += 1
                 bar.update(result.frames, videos=f"{videos}/{len(jobs)}")
@@ -279,7 +335,8 @@ def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress
 # ---------------------------------------------------------------- shards + manifest
 
 
-def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str, dict], run: dict, skipped: list[Skipped]) -> Manifest:
+def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str, dict], run: dict,
+              skipped: list[Skipped], listed: list[str] | None = None) -> Manifest:
     limit = float(run["shard_mb"]) * 1e6
     groups: list[list[tuple[str, dict]]] = [[]]  # per shard: (video, sample meta)
     size = 0
@@ -321,6 +378,19 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         for sample in metas[job.video]["samples"]:
             histogram += np.asarray(sample["label_counts"])
     tracks = sorted({t for job in jobs for t in metas[job.video]["tracks"]})
+    faceless: dict[str, int] = {t: 0 for t in tracks}
+    for job in jobs:
+        for sample in metas[job.video]["samples"]:
+            faceless[sample["track"]] += int(sample.get("faceless", 0))
+    extra = {
+        "videos": sum(1 for job in jobs if metas[job.video]["samples"]),
+        "faceless_frames": {"total": sum(faceless.values()), "tracks": faceless},
+        "tasks": split_task_stats([sample for job in jobs for sample in metas[job.video]["samples"]]),
+        "faceless_tracks": sorted(t for job in jobs for t in metas[job.video].get("faceless", [])),
+    }
+    if listed is not None:
+        packed = set(tracks)
+        extra["test_list"] = {"tracks": listed, "missing": [t for t in listed if t not in packed]}
     return Manifest(
         split=split,
         root=str(split_dir),
@@ -329,24 +399,40 @@ def _assemble(split: str, split_dir: Path, jobs: list[VideoJob], metas: dict[str
         label_histogram=histogram.tolist(),
         tracks=tuple(tracks),
         skipped=tuple(s.to_dict() for s in skipped),
-        extra={"videos": sum(1 for job in jobs if metas[job.video]["samples"])},
+        extra=extra,
     )
 
 
-def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob], ann_root: Path) -> list[Skipped]:
-    """Inputs this split left out: its own annotation problems, video problems, global ones."""
-    split_folder_skips = [
-        s for s in found.skipped if Path(s.path).parent.parent == ann_root and _split_of(s.path) == split
-    ]
-    global_skips = [s for s in found.skipped if Path(s.path).parent.parent != ann_root]
-    task_skips = [Skipped(d["path"], d["reason"]) for job in jobs for d in metas[job.video]["skipped"]]
-    return split_folder_skips + task_skips + global_skips
+def split_task_stats(samples: list[dict]) -> dict:
+    """Per task: tracks and labelled frames; VA mean/std, AU positive rates (manifest "tasks")."""
+    expr_tracks = {s["track"] for s in samples if sum(s["label_counts"][:NUM_CLASSES])}
+    out: dict[str, dict] = {
+        "expr": {"tracks": len(expr_tracks), "frames": int(sum(sum(s["label_counts"][:NUM_CLASSES]) for s in samples))}
+    }
+    va = [s["task_stats"]["va"] for s in samples if "va" in s.get("task_stats", {})]
+    if va:
+        n, sv, sa, svv, saa = np.asarray(va, np.float64).sum(axis=0)
+        mean = [sv / n, sa / n] if n else [0.0, 0.0]
+        std = [float(np.sqrt(max(0.0, q / n - m * m))) if n else 0.0 for q, m in ((svv, mean[0]), (saa, mean[1]))]
+        out["va"] = {"tracks": len({s["track"] for s in samples if "va" in s.get("task_stats", {})}),
+                     "frames": int(n), "mean": [round(float(m), 6) for m in mean], "std": [round(x, 6) for x in std]}
+    au = [s["task_stats"]["au"] for s in samples if "au" in s.get("task_stats", {})]
+    if au:
+        sums = np.asarray(au, np.int64).sum(axis=0)
+        known, positive = sums[:NUM_AUS], sums[NUM_AUS:]
+        rates = np.divide(positive, known, out=np.zeros(NUM_AUS), where=known > 0)
+        out["au"] = {"tracks": len({s["track"] for s in samples if "au" in s.get("task_stats", {})}),
+                     "frames": int(known.max()), "known": known.tolist(), "positives": positive.tolist(),
+                     "positive_rate": [round(float(r), 6) for r in rates]}
+    return out
 
 
-def _split_of(path: str) -> str:
-    from mmexpr.data.sources import split_name
-
-    return split_name(Path(path).parent.name)
+def _split_skipped(found: Discovery, split: str, metas: dict[str, dict], jobs: list[VideoJob]) -> list[Skipped]:
+    """Inputs this split left out: its own annotation or test-list problems, video problems,
+    and the ones of no one split."""
+    own = [s for s in found.skipped if s.split == split]
+    task_skips = [Skipped(d["path"], d["reason"], split) for job in jobs for d in metas[job.video]["skipped"]]
+    return own + task_skips + [s for s in found.skipped if not s.split]
 
 
 def pack_corpus(
@@ -361,20 +447,29 @@ def pack_corpus(
     ray_address: str | None = None,
     progress: bool = True,
     num_cpus: int | None = None,
+    annotations: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
+    faces: str | None = None,
+    min_face: int = PackSettings.min_face,
 ) -> PackSummary:
-    """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json."""
-    if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0:
+    """Pack SOURCE (Aff-Wild2 layout) into OUT/<split>/shard-*.tar + manifest.json; with
+    `test_list`, also split `test`: the listed tracks, every label -1. `faces`: "detect" or
+    "frame" for tracks without `cropped_aligned/` (None: `faces_mode`)."""
+    if chunk_frames < 1 or face_size < 16 or face_size % 2 or shard_mb <= 0 or min_face < 12:
         raise UserError(
             f"pack settings: chunk_frames={chunk_frames} (>= 1), face_size={face_size} (even, >= 16), "
-            f"shard_mb={shard_mb} (> 0)"
+            f"shard_mb={shard_mb} (> 0), min_face={min_face} (>= 12)"
         )
+    faces = faces or faces_mode(source)
+    if faces not in FACE_MODES:
+        raise UserError(f"pack settings: faces={faces!r}; expected one of {', '.join(FACE_MODES)}")
     begin = time.perf_counter()
-    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size)
+    settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size, faces=faces, min_face=min_face)
     run = _run_settings(settings, shard_mb)
-    found = discover(source, splits)
+    found = discover(source, splits, annotations=annotations, test_list=test_list)
     if not found.jobs:
         reasons = "\n".join(f"  {s.path}: {s.reason}" for s in found.skipped) or "  (no annotation files)"
-        raise SourceError(f"{source}: nothing packable\n{reasons}")
+        raise SourceError(f"{source}: nothing packable\n{reasons}\n  {EXPECTED_SHAPE}")
     out = Path(out)
     summary = PackSummary(out=str(out))
     jobs_by_split = {split: [j for j in found.jobs if j.split == split] for split in found.splits()}
@@ -401,15 +496,16 @@ def pack_corpus(
     warn_fitted(
         [(n, FitResult(np.zeros(0, np.int64), p, t)) for m in metas.values() for n, p, t in m["fitted"]]
     )
-    ann_root = Path(source) / "annotations"
     for split in todo_splits:
         jobs = jobs_by_split[split]
-        skipped = _split_skipped(found, split, metas, jobs, ann_root)
+        skipped = _split_skipped(found, split, metas, jobs)
         summary.skipped += [s for s in skipped if s not in summary.skipped]
+        summary.faceless += sorted(t for j in jobs for t in metas[j.video].get("faceless", []))
         if not any(metas[j.video]["samples"] for j in jobs):
             summary.splits[split] = SplitSummary(split)
             continue
-        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped)
+        listed = found.test_tracks if split == "test" and test_list is not None else None
+        manifest = _assemble(split, out / split, jobs, metas, split_runs[split], skipped, listed)
         write_manifest(manifest, out / split)
         shutil.rmtree(out / split / WORK, ignore_errors=True)
         summary.splits[split] = SplitSummary(
@@ -420,6 +516,8 @@ def pack_corpus(
             frames=manifest.frames,
             shards=len(manifest.shards),
             bytes=sum(s.bytes for s in manifest.shards),
+            tasks=manifest.task_stats(),
+            faceless=manifest.extra["faceless_frames"]["total"],
         )
     if not any(s.samples or s.already_packed for s in summary.splits.values()):
         raise SourceError(f"{source}: nothing packable\n" + "\n".join(f"  {s.path}: {s.reason}" for s in summary.skipped))
@@ -439,5 +537,7 @@ def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) ->
         frames=m.frames,
         shards=len(m.shards),
         bytes=sum(s.bytes for s in m.shards),
+        faceless=int(m.extra.get("faceless_frames", {}).get("total", 0)),
         already_packed=True,
+        tasks=m.task_stats(),
     )

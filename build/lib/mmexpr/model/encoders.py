@@ -8,7 +8,9 @@ text encoder tokenises. The rest of the model then only sees feature tensors.
 Nothing here downloads in tests: the `tiny` preset builds small random encoders from
 configs (with a word-level tokenizer built offline from the prompt vocabulary), and a
 tiny encoder saved with `save_pretrained` loads back with preset `pretrained` from its
-folder, exactly like a downloaded checkpoint would.
+folder, exactly like a downloaded checkpoint would. The `scratch` preset builds the real
+architectures of the paper's encoders (`SCRATCH_ARCHITECTURES`) with random weights, so the
+paper-size model can be built, partitioned, checkpointed and timed without any download.
 """
 
 from __future__ import annotations
@@ -39,6 +41,61 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 
 class EncoderUnavailableError(UserError, OSError):
     """A pretrained encoder that is neither a local folder nor loadable from the hub."""
+
+
+# ----------------------------------------------------------------------------- scratch
+
+
+def _clip_b16_vision():
+    from transformers import CLIPVisionConfig
+
+    # openai/clip-vit-base-patch16's vision_config (transformers' defaults are ViT-B/32).
+    return CLIPVisionConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        image_size=224, patch_size=16, projection_dim=512, hidden_act="quick_gelu",
+    )
+
+
+def _clip_b16_text(tokenizer):
+    from transformers import CLIPTextConfig
+
+    # openai/clip-vit-base-patch16's text_config; the vocabulary keeps CLIP's BPE size so the
+    # embedding table has its real size, while the ids come from the offline word tokenizer.
+    return CLIPTextConfig(
+        vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=8, max_position_embeddings=77, projection_dim=512,
+        hidden_act="quick_gelu", pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def _wav2vec2_base():
+    from transformers import Wav2Vec2Config
+
+    # facebook/wav2vec2-base: transformers' defaults are that model. Layer drop and SpecAugment
+    # are off: a dropped layer leaves its parameters without a gradient on one rank (ZeRO's
+    # gradient buckets then disagree across ranks), and time masks need windows longer than
+    # their span.
+    return Wav2Vec2Config(layerdrop=0.0, mask_time_prob=0.0, mask_feature_prob=0.0)
+
+
+# Hub id -> (tower, config builder) for `model.preset: scratch`.
+SCRATCH_ARCHITECTURES: dict[str, dict[str, object]] = {
+    "openai/clip-vit-base-patch16": {"vision": _clip_b16_vision, "text": _clip_b16_text},
+    "facebook/wav2vec2-base": {"audio": _wav2vec2_base},
+}
+
+
+def scratch_config(name: str, tower: str, field: str, *args):
+    """The config of `name`'s `tower` written in this project, or an error listing the known ones."""
+    builder = SCRATCH_ARCHITECTURES.get(name, {}).get(tower)
+    if builder is None:
+        known = ", ".join(n for n, towers in SCRATCH_ARCHITECTURES.items() if tower in towers)
+        raise UserError(
+            f"{field}.name: {name!r} has no {tower} architecture for model.preset=scratch "
+            f"(known: {known}); use preset=pretrained with a local folder, or preset=tiny"
+        )
+    return builder(*args)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -301,6 +358,9 @@ def build_visual(spec: EncoderConfig, preset: str, field: str = "model.visual") 
             patch_size=16,
         )
         return VisualEncoder(CLIPVisionModel(config), spec, TINY_IMAGE_SIZE)
+    if preset == "scratch":
+        config = scratch_config(spec.name, "vision", field)
+        return VisualEncoder(CLIPVisionModel(config), spec, config.image_size)
     source = resolve_source(spec.name)
     config = _load(AutoConfig, source, f"{field}.name")
     backbone = _load(tower_class(config, "Vision") or AutoModel, source, f"{field}.name")
@@ -393,6 +453,8 @@ def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") ->
 
     if preset == "tiny":
         return AudioEncoder(AutoModel.from_config(_tiny_audio_config(spec.name)), spec)
+    if preset == "scratch":
+        return AudioEncoder(AutoModel.from_config(scratch_config(spec.name, "audio", field)), spec)
     source = resolve_source(spec.name)
     _load(AutoConfig, source, f"{field}.name")
     backbone = _load(AutoModel, source, f"{field}.name")
@@ -505,6 +567,10 @@ def build_text(
             )
             return TextEncoder(CLIPTextModel(config), tokenizer, spec, "eos")
         return TextEncoder(AutoModel.from_config(BertConfig(**common)), tokenizer, spec, "mean")
+    if preset == "scratch":
+        tokenizer = tiny_tokenizer(texts)
+        config = scratch_config(spec.name, "text", field, tokenizer)
+        return TextEncoder(CLIPTextModel(config), tokenizer, spec, "eos")
     source = resolve_source(spec.name)
     config = _load(AutoConfig, source, f"{field}.name")
     tokenizer = _load(AutoTokenizer, source, f"{field}.name")

@@ -28,6 +28,7 @@ def align_audio(
     fps: torch.Tensor,
     frames: int,
     sample_rate: int = AUDIO_RATE,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio features [B,F,D] -> one vector per video frame [B,T,D], and a [B,T] audio mask.
 
@@ -37,6 +38,8 @@ def align_audio(
     audio ends, and every frame of a window without audio, are masked. Fully masked padding
     windows (end of an evaluation pass, unreadable samples) carry fps 0: any positive rate
     gives them the same, masked, result, so fps is clamped rather than divided by zero.
+    `offset` [B] (seconds of audio before the first frame, an audio context) moves every
+    frame's centre that much later on the audio's clock.
     """
     batch, steps, _ = feats.shape
     device = feats.device
@@ -45,6 +48,8 @@ def align_audio(
     t_centre = (torch.arange(frames, device=device, dtype=torch.float32)[None, :] + 0.5) / fps[
         :, None
     ]
+    if offset is not None:
+        t_centre = t_centre + offset.to(device, torch.float32)[:, None]
     rate = feat_len.to(torch.float32) / duration.clamp(min=1e-6)  # features per second
     pos = t_centre * rate[:, None] - 0.5
     last = (feat_len - 1).clamp(min=0)[:, None].float()

@@ -1,4 +1,4 @@
-"""Losses: per-frame classification (weighted CE or focal) and the text-guided contrastive term.
+"""Losses: per-frame classification (weighted CE or focal), the text-guided contrastive term, VA (1 - CCC) and AU (weighted BCE).
 
 Frames labelled -1 (ignored in Aff-Wild2, or padding past a chunk's end) count in neither.
 """
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmexpr.labels import IGNORE, NUM_CLASSES
+from mmexpr.labels import IGNORE, NUM_AUS, NUM_CLASSES
 
 
 def class_weights_from_counts(counts: Sequence[int], max_ratio: float = 10.0) -> torch.Tensor:
@@ -45,11 +45,13 @@ class FrameLoss(nn.Module):
     """Cross-entropy (optionally class-weighted) or focal loss over labelled frames."""
 
     def __init__(
-        self, kind: str = "ce", weights: torch.Tensor | None = None, gamma: float = 2.0
+        self, kind: str = "ce", weights: torch.Tensor | None = None, gamma: float = 2.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.kind = kind
         self.gamma = gamma
+        self.label_smoothing = label_smoothing if kind == "ce" else 0.0
         self.register_buffer("weights", weights if weights is not None else torch.ones(NUM_CLASSES))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,7 +62,7 @@ class FrameLoss(nn.Module):
             return logits.sum() * 0.0  # keeps the graph (DeepSpeed expects a loss with grad)
         logits, labels = logits[valid], labels[valid]
         weight = self.weights.float()[labels]
-        nll = F.cross_entropy(logits, labels, reduction="none")
+        nll = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
         if self.kind == "focal":
             p_true = torch.exp(-nll)
             nll = (1.0 - p_true).pow(self.gamma) * nll
@@ -121,3 +123,69 @@ def class_text_embeddings(encode, prompts_per_class: Sequence[Sequence[str]]) ->
     flat = [text for prompts in prompts_per_class for text in prompts]
     emb = F.normalize(encode(flat).float(), dim=-1)
     return emb.view(len(prompts_per_class), per_class, -1).mean(dim=1)
+
+
+# ---------------------------------------------------------------- VA and AU
+
+
+def ccc_loss(pred: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean over the two dimensions of 1 - CCC on the frames whose truth is known (not NaN).
+
+    CCC is what ABAW scores, and unlike MSE it punishes a model that predicts the mean: the
+    training mean has CCC 0. A dimension with no known frame adds 0 with the graph kept.
+    """
+    pred = pred.reshape(-1, pred.shape[-1]).float()
+    true = true.reshape(pred.shape).float()
+    losses = []
+    for k in range(pred.shape[1]):
+        known = ~torch.isnan(true[:, k])
+        if not known.any():
+            losses.append(pred[:, k].sum() * 0.0)
+            continue
+        p, t = pred[known, k], true[known, k]
+        mp, mt = p.mean(), t.mean()
+        cov = ((p - mp) * (t - mt)).mean()
+        denom = p.var(unbiased=False) + t.var(unbiased=False) + (mp - mt) ** 2 + eps
+        losses.append(1.0 - 2.0 * cov / denom)
+    return torch.stack(losses).mean()
+
+
+def va_mse(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    known = ~torch.isnan(true)
+    if not known.any():
+        return pred.sum() * 0.0
+    return F.mse_loss(pred.float()[known], true.float()[known])
+
+
+def au_pos_weights(positive_rates: Sequence[float] | None, max_weight: float = 10.0) -> torch.Tensor:
+    """negatives / positives per AU, capped, so rare AUs are not learned as always off; 1 where
+    the rate is unknown or an AU never (or always) occurs."""
+    if positive_rates is None:
+        return torch.ones(NUM_AUS)
+    r = torch.as_tensor(list(positive_rates), dtype=torch.float64)
+    if r.numel() != NUM_AUS or ((r < 0) | (r > 1)).any():
+        raise ValueError(f"AU positive rates: expected {NUM_AUS} numbers in 0..1, got {list(positive_rates)}")
+    w = torch.ones_like(r)
+    seen = (r > 0) & (r < 1)
+    w[seen] = ((1 - r[seen]) / r[seen]).clamp(min=1.0 / max_weight, max=max_weight)
+    return w.float()
+
+
+class AULoss(nn.Module):
+    """Binary cross-entropy per AU over known entries (-1 left out), with positive weights."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight if pos_weight is not None else torch.ones(NUM_AUS))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.reshape(-1, NUM_AUS).float()
+        labels = labels.reshape(-1, NUM_AUS)
+        known = labels != IGNORE
+        if not known.any():
+            return logits.sum() * 0.0
+        weight = self.pos_weight.float().expand_as(logits)
+        loss = F.binary_cross_entropy_with_logits(
+            logits[known], labels[known].float(), pos_weight=weight[known], reduction="mean"
+        )
+        return loss

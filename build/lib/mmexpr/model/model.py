@@ -2,10 +2,15 @@
 
     video [B,T,3,H,W] uint8 -> visual encoder (all B*T frames as one batch) -> proj -> temporal
     audio [B,S] + audio_len -> audio encoder -> proj -> aligned to frame times (fps)
-    both -> fusion (bi-directional cross-attention by default) -> head -> logits [B,T,8]
-    class prompts -> text encoder -> class embeddings -> text-guided contrastive loss
+    both -> fusion (bi-directional cross-attention by default) -> one head per task in model.tasks:
+        expr -> logits [B,T,8]   va -> va [B,T,2] (tanh)   au -> au_logits [B,T,12]
+    class prompts -> text encoder -> class embeddings -> text-guided contrastive loss (with expr)
 
-`build_model(cfg, class_counts)` is the only constructor the rest of the system calls.
+Every head sees every frame of every batch, and a task's loss on a batch without labels of it
+is 0 with the head still in the graph, so all parameters get a gradient on every rank.
+
+`build_model(cfg, class_counts, au_positive_rates)` is the only constructor the rest of the
+system calls.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import nn
 
 from mmexpr.config import ModelConfig
 from mmexpr.data.batch import Batch, BatchArrays, audio_samples
-from mmexpr.labels import IGNORE, prompts
+from mmexpr.labels import IGNORE, NUM_AUS, prompts
 from mmexpr.model.encoders import (
     AudioEncoder,
     TextEncoder,
@@ -29,12 +34,16 @@ from mmexpr.model.encoders import (
     build_visual,
 )
 from mmexpr.model.fusion import AUDIO_RATE, align_audio, build_fusion, modality_dropout
-from mmexpr.model.heads import FrameHead
+from mmexpr.model.heads import AUHead, FrameHead, VAHead
 from mmexpr.model.losses import (
+    AULoss,
     FrameLoss,
     TextGuidedContrastive,
+    au_pos_weights,
+    ccc_loss,
     class_text_embeddings,
     class_weights_from_counts,
+    va_mse,
 )
 from mmexpr.model.temporal import build_temporal
 
@@ -44,7 +53,12 @@ ENCODERS = ("visual", "audio", "text")
 class ExprModel(nn.Module):
     """Per-frame expression recogniser; forward(batch) -> logits, embeddings (+ loss when labelled)."""
 
-    def __init__(self, cfg: ModelConfig, class_counts: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        class_counts: Sequence[int] | None = None,
+        au_positive_rates: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         use_video = cfg.modalities in ("audio_video", "video")
@@ -65,15 +79,22 @@ class ExprModel(nn.Module):
             if both
             else None
         )
-        self.head = FrameHead(d, cfg.dropout)
+        self.tasks = tuple(cfg.tasks)
+        self.head = FrameHead(d, cfg.dropout) if "expr" in self.tasks else None
         weights = (
             class_weights_from_counts(class_counts) if cfg.class_weights and class_counts else None
         )
-        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma)
+        self.frame_loss = FrameLoss(cfg.loss, weights, cfg.focal_gamma, cfg.label_smoothing)
+        self.va_head = VAHead(d, cfg.dropout) if "va" in self.tasks else None
+        self.au_head = AUHead(d, cfg.dropout) if "au" in self.tasks else None
+        if self.au_head is not None:
+            self.au_loss = AULoss(au_pos_weights(au_positive_rates, cfg.au_pos_weight_max))
+            # Per-AU decision thresholds, tuned on validation by training and saved with the weights.
+            self.register_buffer("au_thresholds", torch.full((NUM_AUS,), 0.5))
         self.prompts = prompts(cfg.prompts)
         self.text: TextEncoder | None = None
         self.contrastive: TextGuidedContrastive | None = None
-        if cfg.contrastive_weight > 0:
+        if cfg.contrastive_weight > 0 and self.head is not None:
             vocab = [p for per_class in self.prompts for p in per_class]
             self.text = build_text(cfg.text, cfg.preset, vocab)
             self.contrastive = TextGuidedContrastive(d, self.text.dim, cfg.contrastive_dim)
@@ -87,12 +108,15 @@ class ExprModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, batch: Batch) -> dict:
-        """Batch -> {"logits" [B,T,8], "embeddings" [B,T,hidden], "audio_mask" [B,T]},
-        plus "loss" and "loss_parts" when the batch has labels (padded frames ignored)."""
+        """Batch -> {"embeddings" [B,T,hidden], "audio_mask" [B,T]} and each task's output ("logits"
+        [B,T,8], "va" [B,T,2], "au_logits" [B,T,12]), plus "loss" and "loss_parts" when the batch
+        has labels (padded frames ignored)."""
         mask = batch.mask.bool()
-        labels = batch.labels
         frames = mask.shape[1]
-        video_mask = mask
+        # A frame without a face is a missing visual input: masked in the visual stream and
+        # in fusion, so the audio alone carries it (and it still gets logits).
+        visible = mask if batch.face is None else mask & batch.face.bool()
+        video_mask = visible
         audio_mask = torch.zeros_like(mask)
         v = a = None
         if self.visual is not None:
@@ -100,11 +124,12 @@ class ExprModel(nn.Module):
             b, t = video.shape[:2]
             feats = self.visual(video.reshape(b * t, *video.shape[2:])).view(b, t, -1)
             v = self.visual_proj(feats.to(self.visual_proj.weight.dtype))
+            v = v * visible.unsqueeze(-1).to(v.dtype)
         if self.audio is not None:
             feats, feat_len = self.audio(batch.audio, batch.audio_len)
             a = self.audio_proj(feats.to(self.audio_proj.weight.dtype))
             a, audio_mask = align_audio(
-                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE
+                a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE, batch.audio_offset
             )
             audio_mask = audio_mask & mask
         if self.training and self.fusion is not None:
@@ -112,15 +137,20 @@ class ExprModel(nn.Module):
                 video_mask, audio_mask, self.cfg.modality_dropout
             )
         if v is not None:
-            v = self.temporal(v, mask)
+            v = self.temporal(v, visible)
             fused = self.fusion(v, a, video_mask, audio_mask).fused if a is not None else v
         else:
             a = self.temporal(a, mask)
             fused = a * audio_mask.unsqueeze(-1).to(a.dtype)
-        logits = self.head(fused)
-        out = {"logits": logits, "embeddings": fused, "audio_mask": audio_mask}
-        if labels is not None:
-            out.update(self.losses(logits, fused, labels.masked_fill(~mask, IGNORE)))
+        out = {"embeddings": fused, "audio_mask": audio_mask}
+        if self.head is not None:
+            out["logits"] = self.head(fused)
+        if self.va_head is not None:
+            out["va"] = self.va_head(fused)
+        if self.au_head is not None:
+            out["au_logits"] = self.au_head(fused)
+        if any(x is not None for x in (batch.labels, batch.va, batch.au)):
+            out.update(self.losses(out, fused, batch, mask))
         return out
 
     def class_embeddings(self) -> torch.Tensor:
@@ -133,14 +163,38 @@ class ExprModel(nn.Module):
             return self.class_text
         return class_text_embeddings(self.text, self.prompts)
 
-    def losses(self, logits: torch.Tensor, fused: torch.Tensor, labels: torch.Tensor) -> dict:
-        parts = {"ce" if self.cfg.loss == "ce" else "focal": self.frame_loss(logits, labels)}
-        total = next(iter(parts.values()))
-        if self.contrastive is not None:
-            parts["contrastive"] = self.contrastive(
-                fused, self.class_embeddings().to(fused.dtype), labels
-            )
-            total = total + self.cfg.contrastive_weight * parts["contrastive"]
+    def losses(self, out: dict, fused: torch.Tensor, batch: Batch, mask: torch.Tensor) -> dict:
+        """Each task's loss on its known, unpadded frames (a batch without a task's labels gives 0
+        for it, graph kept), weighted by model.task_weights."""
+        weight = self.cfg.task_weights
+        parts: dict[str, torch.Tensor] = {}
+        total = fused.sum() * 0.0
+        if self.head is not None:
+            labels = _labels_or_unknown(batch.labels, mask.shape, IGNORE, torch.int64, mask.device)
+            labels = labels.masked_fill(~mask, IGNORE)
+            name = "ce" if self.cfg.loss == "ce" else "focal"
+            parts[name] = self.frame_loss(out["logits"], labels)
+            expr = parts[name]
+            if self.contrastive is not None:
+                parts["contrastive"] = self.contrastive(
+                    fused, self.class_embeddings().to(fused.dtype), labels
+                )
+                expr = expr + self.cfg.contrastive_weight * parts["contrastive"]
+            total = total + weight.get("expr", 1.0) * expr
+        if self.va_head is not None:
+            va = _labels_or_unknown(batch.va, (*mask.shape, 2), float("nan"), torch.float32, mask.device)
+            va = va.masked_fill(~mask.unsqueeze(-1), float("nan"))
+            parts["va"] = ccc_loss(out["va"], va)
+            va_total = parts["va"]
+            if self.cfg.va_mse_weight > 0:
+                parts["va_mse"] = va_mse(out["va"], va)
+                va_total = va_total + self.cfg.va_mse_weight * parts["va_mse"]
+            total = total + weight.get("va", 1.0) * va_total
+        if self.au_head is not None:
+            au = _labels_or_unknown(batch.au, (*mask.shape, NUM_AUS), IGNORE, torch.int64, mask.device)
+            au = au.masked_fill(~mask.unsqueeze(-1), IGNORE)
+            parts["au"] = self.au_loss(out["au_logits"], au)
+            total = total + weight.get("au", 1.0) * parts["au"]
         return {"loss": total, "loss_parts": parts}
 
     # ------------------------------------------------------------------ optimisation
@@ -213,7 +267,7 @@ class ExprModel(nn.Module):
         lines = [
             f"model: preset={self.cfg.preset} modalities={self.cfg.modalities} temporal={self.cfg.temporal} "
             f"fusion={self.cfg.fusion if self.fusion is not None else 'none'} hidden={self.cfg.hidden} "
-            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight}",
+            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight} tasks={','.join(self.tasks)}",
             f"window: {window} frames at {image_size}x{image_size}, {fps:g} fps, "
             f"{audio_samples(window, AUDIO_RATE)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
         ]
@@ -237,11 +291,18 @@ class ExprModel(nn.Module):
         return "\n".join(lines)
 
 
+def _labels_or_unknown(
+    values: torch.Tensor | None, shape: tuple, unknown: float, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """A task's labels, or all unknown when the batch has none of that task."""
+    return values if values is not None else torch.full(shape, unknown, dtype=dtype, device=device)
+
+
 def example_batch(
     batch: int, window: int, image_size: int, fps: float = 30.0, device: torch.device | str = "cpu"
 ) -> Batch:
     """A loader-shaped batch of black frames and a quiet noise waveform, every frame labelled
-    Neutral, for FLOP counts and smoke tests."""
+    Neutral, valence and arousal 0 and no AU active, for FLOP counts and smoke tests."""
     arrays = BatchArrays(batch, window, image_size, AUDIO_RATE)
     samples = arrays.audio.shape[1]
     noise = (torch.randn(batch, samples, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
@@ -249,10 +310,14 @@ def example_batch(
     valid = min(samples, math.ceil(window * AUDIO_RATE / fps))
     for b in range(batch):
         arrays.put(b, frames, fps=fps, start=0, track="example", labels=np.zeros(window, np.int64),
+                   va=np.zeros((window, 2), np.float32), au=np.zeros((window, NUM_AUS), np.int64),
                    audio=noise[b], audio_span=(0, valid))
     return arrays.batch().to(device)
 
 
-def build_model(cfg: ModelConfig, class_counts: Sequence[int] | None = None) -> ExprModel:
-    """The model a job describes; class_counts (train label histogram) set the CE weights."""
-    return ExprModel(cfg, class_counts)
+def build_model(
+    cfg: ModelConfig, class_counts: Sequence[int] | None = None, au_positive_rates: Sequence[float] | None = None
+) -> ExprModel:
+    """The model a job describes; class_counts (train label histogram) set the CE weights and
+    the train split's AU positive rates the AU BCE positive weights."""
+    return ExprModel(cfg, class_counts, au_positive_rates)

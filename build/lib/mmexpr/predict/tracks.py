@@ -1,33 +1,41 @@
-"""Whole tracks for prediction: every frame and the audio of one annotated person, in order.
+"""Tracks for prediction, streamed chunk by chunk: every frame and the audio of one person.
 
 Prediction needs windows that cross chunk boundaries (so every frame has context on both
-sides), so the chunks of a track are put back together here. Two sources:
+sides), yet an Aff-Wild2 video of 30 minutes at 224 px is 8 GB of decoded frames. So a
+track is never held whole: its chunks arrive in frame order as `Piece`s, and a
+`TrackBuffer` keeps only the frames the windows still to run need (about one window plus
+one chunk), while the per-frame bookkeeping (labels, face flags, audio) spans the track.
+Two sources of pieces:
 
-- shards (`TrackSource` over a manifest): the packed chunks of each track, decoded exactly
+- shards (`ShardTracks` over a manifest): the packed chunks of each track, decoded exactly
   as the training loader decodes them (`loader.decode_sample`);
-- raw videos (`VideoTrackSource`): each video goes through the pack stage's own
-  `encode.pack_video` (same face crops, same H.264 round trip, same audio resampling), so a
+- raw videos (`VideoTracks`): each video goes through the pack stage's own
+  `encode.pack_video` (same face crops, from the same face tracker where a track has no
+  `cropped_aligned/` folder, same H.264 round trip, same audio resampling), so a
   model sees at prediction time precisely the kind of input it was trained on; there is no
   second decoder to drift from the first.
 
-Both are map-style datasets, so a DataLoader decodes several tracks in parallel worker
-processes while the main process runs the model.
+Both are iterable datasets: DataLoader worker w decodes the tracks i with i % workers == w,
+in parallel, while the main process runs the model on the windows that are complete.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.encode import PackSettings, safe_track, track_of_key
-from mmexpr.data.loader import Decoded, decode_sample
+from mmexpr.data.loader import Decoded, decode_sample, sample_face, sample_tasks
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
 from mmexpr.errors import UserError
+from mmexpr.labels import NUM_AUS
 
 
 class PredictInputError(UserError, ValueError):
@@ -35,56 +43,134 @@ class PredictInputError(UserError, ValueError):
 
 
 @dataclass
-class Track:
-    """One track, assembled: frames uint8 [N, H, W, 3], audio float32 on the track's clock."""
+class Piece:
+    """One chunk of one track, in frame order; `readable` False: a chunk that could not be
+    read (zero frames, no face, no audio), whose frames take their neighbours' logits."""
 
-    name: str
-    frames: np.ndarray
-    audio: np.ndarray
+    track: str
+    first: int
+    frames: np.ndarray  # uint8 [n, H, W, 3]
+    labels: np.ndarray  # int64 [n], -1 unknown
+    face: np.ndarray  # bool [n]
+    audio: np.ndarray  # float32, the chunk's samples from frame_sample(first)
     has_audio: bool
     fps: float
-    labels: np.ndarray  # int64 [N], -1 where unknown (always -1 for raw videos)
-    problems: list[str]
-    chunk_starts: np.ndarray  # first frame of each packed chunk, ascending
+    total: int  # frames of the whole track
+    last: bool
+    readable: bool = True
+    problems: list[str] = field(default_factory=list)
+    va: np.ndarray | None = None  # float32 [n, 2], NaN unknown; None: no VA labels
+    au: np.ndarray | None = None  # int64 [n, 12], -1 unknown; None: no AU labels
 
-    def audio_span(self, start: int, end: int, sample_rate: int) -> tuple[int, int]:
+
+def piece_of(name: str, chunk: Decoded, total: int, last: bool) -> Piece:
+    n = len(chunk.meta["labels"])
+    face = sample_face(chunk.meta, 0, n)
+    va, au = sample_tasks(chunk.meta, 0, n)
+    return Piece(name, int(chunk.meta["first_frame"]), chunk.frames[:n], np.asarray(chunk.meta["labels"], np.int64),
+                 np.ones(n, bool) if face is None else face, chunk.audio, chunk.has_audio and len(chunk.audio) > 0,
+                 float(chunk.meta["fps"]), total, last, va=va, au=au)
+
+
+def unreadable_piece(name: str, first: int, frames: int, size: int, fps: float, total: int, last: bool,
+                     problem: str) -> Piece:
+    return Piece(name, first, np.zeros((frames, size, size, 3), np.uint8), np.full(frames, -1, np.int64),
+                 np.zeros(frames, bool), np.zeros(0, np.float32), False, fps, total, last, False, [problem])
+
+
+class TrackBuffer:
+    """One track as its pieces arrive: all per-frame flags and the audio, but only the frames
+    from `offset` on (`drop_before` forgets the rest)."""
+
+    def __init__(self, first: Piece, sample_rate: int) -> None:
+        self.name = first.track
+        self.fps = first.fps
+        self.total = first.total
+        self.sample_rate = sample_rate
+        self.labels = np.full(self.total, -1, np.int64)
+        self.va: np.ndarray | None = None  # float32 [total, 2] once a piece has VA labels
+        self.au: np.ndarray | None = None  # int64 [total, 12] once a piece has AU labels
+        self.face = np.ones(self.total, bool)
+        self.readable = np.ones(self.total, bool)
+        self.audio = np.zeros(frame_sample(self.total, self.fps, sample_rate), np.float32)
+        self.has_audio = False
+        self.chunk_starts: list[int] = []
+        self.frames = np.zeros((0, *first.frames.shape[1:]), np.uint8)
+        self.offset = 0  # track frame of self.frames[0]
+        self.received = 0  # frames [0, received) have arrived
+        self.done = False
+        self.problems: list[str] = []
+        self.unreadable = 0
+
+    def add(self, piece: Piece) -> None:
+        first, n = piece.first, len(piece.frames)
+        if first != self.received:
+            raise PredictInputError(f"track {self.name}: chunk at frame {first} arrived after frame {self.received}")
+        self.frames = np.concatenate([self.frames, piece.frames]) if len(self.frames) else piece.frames
+        self.labels[first : first + n] = piece.labels
+        if piece.va is not None:
+            if self.va is None:
+                self.va = np.full((self.total, 2), np.nan, np.float32)
+            self.va[first : first + n] = piece.va
+        if piece.au is not None:
+            if self.au is None:
+                self.au = np.full((self.total, NUM_AUS), -1, np.int64)
+            self.au[first : first + n] = piece.au
+        self.face[first : first + n] = piece.face
+        self.readable[first : first + n] = piece.readable
+        self.unreadable += 0 if piece.readable else 1
+        self.chunk_starts.append(first)
+        if piece.has_audio:
+            self.has_audio = True
+            a0 = frame_sample(first, self.fps, self.sample_rate)
+            part = piece.audio[: max(0, len(self.audio) - a0)]
+            self.audio[a0 : a0 + len(part)] = part
+        self.received = first + n
+        self.done = piece.last
+        self.problems += piece.problems
+
+    def task_labels(self, task: str) -> np.ndarray | None:
+        """The track's labels of `task` when at least one frame is known, else None."""
+        if task == "expr":
+            return self.labels if (self.labels >= 0).any() else None
+        values = getattr(self, task)
+        if values is None:
+            return None
+        known = ~np.isnan(values) if task == "va" else values >= 0
+        return values if known.any() else None
+
+    def window(self, start: int, end: int) -> np.ndarray:
+        return self.frames[start - self.offset : end - self.offset]
+
+    def drop_before(self, frame: int) -> None:
+        keep = max(0, frame - self.offset)
+        if keep:
+            self.frames = self.frames[keep:].copy() if keep < len(self.frames) else self.frames[:0]
+            self.offset += keep
+
+    def audio_span(self, start: int, end: int) -> tuple[int, int]:
         """Audio samples of frames [start, end), counted from the chunk holding `start` exactly
         as the training loader counts them (round per chunk), so windows see identical audio."""
         k = int(np.searchsorted(self.chunk_starts, start, side="right")) - 1
         first = int(self.chunk_starts[max(k, 0)])
-        base = frame_sample(first, self.fps, sample_rate)
-        return (base + frame_sample(start - first, self.fps, sample_rate),
-                base + frame_sample(end - first, self.fps, sample_rate))
+        base = frame_sample(first, self.fps, self.sample_rate)
+        return (base + frame_sample(start - first, self.fps, self.sample_rate),
+                base + frame_sample(end - first, self.fps, self.sample_rate))
 
+    def summary_problems(self) -> list[str]:
+        out = list(self.problems)
+        if self.unreadable:
+            out.insert(0, f"{self.name}: {self.unreadable} chunk(s) unreadable, their frames predicted from neighbours")
+        return out
 
-def assemble(name: str, chunks: list[Decoded | None], sample_rate: int) -> Track:
-    """Chunks (in frame order) -> one Track; audio of chunk k lands at round(first*rate/fps).
-
-    Placing each chunk at its own offset, instead of concatenating, keeps frame f and audio
-    sample round(f*rate/fps) the same instant along the whole track, as pack wrote them.
-    """
-    good = [c for c in chunks if c is not None]
-    if not good:
-        raise PredictInputError(f"track {name}: none of its chunks could be read")
-    fps = float(good[0].meta["fps"])
-    total = max(int(c.meta["first_frame"]) + len(c.meta["labels"]) for c in good)
-    h, w = good[0].frames.shape[1:3]
-    frames = np.zeros((total, h, w, 3), np.uint8)
-    labels = np.full(total, -1, np.int64)
-    audio = np.zeros(frame_sample(total, fps, sample_rate), np.float32)
-    has_audio = False
-    for c in good:
-        first, n = int(c.meta["first_frame"]), len(c.meta["labels"])
-        frames[first : first + n] = c.frames[:n]
-        labels[first : first + n] = c.meta["labels"]
-        if c.has_audio and len(c.audio):
-            has_audio = True
-            a0 = frame_sample(first, fps, sample_rate)
-            piece = c.audio[: max(0, len(audio) - a0)]
-            audio[a0 : a0 + len(piece)] = piece
-    problems = [f"{name}: {len(chunks) - len(good)} chunk(s) unreadable, their frames predicted from neighbours"] if len(good) < len(chunks) else []
-    starts = np.asarray(sorted(int(c.meta["first_frame"]) for c in good), np.int64)
-    return Track(name, frames, audio, has_audio, fps, labels, problems, starts)
+    def chunk_audio(self, start: int) -> tuple[int, int]:
+        """The audio samples of the chunk holding frame `start`: the most an audio context
+        reaches, as in the training loader, which sees one chunk at a time."""
+        k = max(int(np.searchsorted(self.chunk_starts, start, side="right")) - 1, 0)
+        first = int(self.chunk_starts[k])
+        end = int(self.chunk_starts[k + 1]) if k + 1 < len(self.chunk_starts) else self.received
+        base = frame_sample(first, self.fps, self.sample_rate)
+        return base, min(base + frame_sample(end - first, self.fps, self.sample_rate), len(self.audio))
 
 
 def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
@@ -121,8 +207,23 @@ def read_members(url: str, keys: set[str]) -> dict[str, dict]:
     return found
 
 
-class ShardTracks(Dataset):
-    """Tracks of one or more packed splits; item i decodes every chunk of track i."""
+class TrackPieces(IterableDataset):
+    """Pieces of every track, track after track; worker w takes tracks i % workers == w."""
+
+    names: list[str]
+
+    def __iter__(self) -> Iterator[Piece]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in range(worker, len(self.names), workers):
+            yield from self.pieces(i)
+
+    def pieces(self, i: int) -> Iterator[Piece]:
+        raise NotImplementedError
+
+
+class ShardTracks(TrackPieces):
+    """Tracks of one or more packed splits; their chunks decoded one at a time."""
 
     def __init__(self, shards: str | Path, splits: list[str] | None, image_size: int) -> None:
         self.image_size = image_size
@@ -138,45 +239,77 @@ class ShardTracks(Dataset):
         self.names = sorted(refs)
         self.refs = refs
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def missing_listed(self) -> list[str]:
+        """Tracks a test list named that were not packed, with the reason pack gave."""
+        out = []
+        for m in self.manifests:
+            for name in m.extra.get("test_list", {}).get("missing", []):
+                why = [s["reason"] for s in m.skipped if f"{name!r}" in s["reason"]]
+                out.append(f"{name}: listed in the test list but not packed ({why[0] if why else 'no video'}); "
+                           "no submission file written")
+        return out
 
-    def __getitem__(self, i: int) -> list[Track]:
+    def pieces(self, i: int) -> Iterator[Piece]:
         name = self.names[i]
         refs = self.refs[name]
-        problems: list[str] = []
+        total = sum(r[3] for r in refs)
+        fps = 0.0
+        pending: list[Piece] = []  # unreadable chunks before the first readable one (fps unknown yet)
+        first = 0
+        readable = 0
+        by_url: dict[str, set[str]] = defaultdict(set)
+        for _, url, key, _ in refs:
+            by_url[url].add(key)
         raw: dict[str, dict] = {}
-        for url in dict.fromkeys(r[1] for r in refs):
-            wanted = {r[2] for r in refs if r[1] == url}
-            try:
-                raw.update(read_members(url, wanted))
-            except Exception as exc:  # unreadable or truncated shard: keep what was read
-                problems.append(f"{url}: {exc}")
-        chunks: list[Decoded | None] = []
-        for m_index, _, key, _ in refs:
-            sample = raw.get(key)
-            if sample is None:
+        problems: list[str] = []
+        loaded: set[str] = set()
+        for k, (m_index, url, key, frames) in enumerate(refs):
+            if url not in loaded:  # a track's chunks of one shard are read in one pass
+                raw = {}
+                try:
+                    raw = read_members(url, by_url[url])
+                except Exception as exc:  # unreadable or truncated shard: keep what was read
+                    problems.append(f"{url}: {exc}")
+                loaded.add(url)
+            last = k == len(refs) - 1
+            sample = raw.pop(key, None)
+            piece = None
+            if sample is not None:
+                try:
+                    chunk = decode_sample(sample, self.image_size, self.manifests[m_index].sample_rate)
+                    piece = piece_of(name, chunk, total, last)
+                except Exception as exc:  # a corrupt member: its frames get neighbours' logits
+                    problems.append(f"{key}: {exc}")
+            else:
                 problems.append(f"{key}: not readable from its shard")
-                chunks.append(None)
+            if piece is None:
+                piece = unreadable_piece(name, first, frames, self.image_size, fps, total, last, problems.pop())
+            else:
+                readable += 1
+                fps = piece.fps
+            piece.problems = problems + piece.problems
+            problems = []
+            first += frames
+            if fps == 0.0:
+                pending.append(piece)
                 continue
-            try:
-                chunks.append(decode_sample(sample, self.image_size, self.manifests[m_index].sample_rate))
-            except Exception as exc:  # a corrupt member: its frames get neighbours' labels
-                problems.append(f"{key}: {exc}")
-                chunks.append(None)
-        if all(c is None for c in chunks):
-            raise PredictInputError(f"track {name}: no chunk could be read: " + "; ".join(problems[:3]))
-        track = assemble(name, chunks, self.manifests[0].sample_rate)
-        track.problems += problems
-        return [track]
+            for p in pending:
+                p.fps = fps
+                yield p
+            pending = []
+            yield piece
+        if readable == 0:
+            raise PredictInputError(f"track {name}: no chunk could be read: " +
+                                    "; ".join(p for pc in pending for p in pc.problems[:3]))
 
 
-class VideoTracks(Dataset):
-    """Raw videos; item i runs pack's own per-video code in this process, then assembles tracks.
+class VideoTracks(TrackPieces):
+    """Raw videos; a video runs pack's own per-video code in the worker, then its chunks are
+    decoded one at a time.
 
-    Tracks per video come from annotation files under DIR/annotations (any split; labels are
-    kept so predictions can be scored), else from face-crop folders DIR/cropped_aligned/
-    <video>_left|_right, else one track named after the video.
+    Tracks per video come from the EXPR annotation files of DIR (the same rules as `pack`;
+    labels are kept so predictions can be scored), else from face-crop folders
+    DIR/cropped_aligned/<video>_left|_right, else one track named after the video.
     """
 
     def __init__(
@@ -202,10 +335,11 @@ class VideoTracks(Dataset):
                 raise PredictInputError(f"{video_root}: no video(s) named {unknown}")
         self.names = sorted(names if names is not None else self.videos)
         self.image_size = image_size
-        self.settings = settings or PackSettings()
+        if settings is None:
+            from mmexpr.data.sources import faces_mode
 
-    def __len__(self) -> int:
-        return len(self.names)
+            settings = PackSettings(faces=faces_mode(root))
+        self.settings = settings
 
     def _job(self, video: str):
         from mmexpr.data.encode import source_frames
@@ -215,7 +349,7 @@ class VideoTracks(Dataset):
         frames = sum(1 for _ in source_frames(str(path), decode=False))
         return video_tracks(self.root, video, path, frames)
 
-    def __getitem__(self, i: int) -> list[Track]:
+    def pieces(self, i: int) -> Iterator[Piece]:
         from mmexpr.data.encode import pack_video
 
         video = self.names[i]
@@ -223,14 +357,16 @@ class VideoTracks(Dataset):
         if not result.samples:
             reasons = "; ".join(f"{p}: {r}" for p, r in result.skipped) or "no frames"
             raise PredictInputError(f"{self.videos[video]}: cannot be predicted ({reasons})")
-        by_track: dict[str, list[Decoded | None]] = defaultdict(list)
+        by_track: dict[str, list] = defaultdict(list)
         for sample in result.samples:
-            raw = {"__key__": sample.key, **sample.members}
-            decoded = decode_sample(raw, self.image_size, self.settings.sample_rate)
-            by_track[decoded.meta["track"]].append(decoded)
-        out = []
-        for name, chunks in sorted(by_track.items()):
-            track = assemble(name, chunks, self.settings.sample_rate)
-            track.problems += [f"{p}: {r}" for p, r in result.skipped]
-            out.append(track)
-        return out
+            by_track[json.loads(sample.members["json"])["track"]].append(sample)
+        skipped = [f"{p}: {r}" for p, r in result.skipped]
+        for samples in by_track.values():
+            total = sum(s.frames for s in samples)
+            for k, sample in enumerate(samples):
+                raw = {"__key__": sample.key, **sample.members}
+                chunk = decode_sample(raw, self.image_size, self.settings.sample_rate)
+                piece = piece_of(chunk.meta["track"], chunk, total, k == len(samples) - 1)
+                if k == 0:
+                    piece.problems = list(skipped)
+                yield piece

@@ -107,11 +107,44 @@ def _read_file(path: Path) -> tuple[dict, dict | None]:
     raise WeightsError(f"{path}: holds a {type(obj).__name__}, not model weights")
 
 
+POINTERS = ("best", "latest")
+
+
+def resolve_pointer(path: Path) -> Path:
+    """The checkpoint a training's `best`/`latest` pointer file or checkpoints folder means.
+
+    A pointer is a one-line text file naming a tag folder beside it (DeepSpeed's convention);
+    the checkpoints folder itself means its best intact checkpoint, else its latest intact one.
+    A checkpoint that fails verification is named and never loaded.
+    """
+    from mmexpr.train import checkpoint as ckpt
+
+    if path.is_file() and path.name in POINTERS and path.stat().st_size < 4096:
+        tag = path.parent / path.read_text().strip()
+        if not (tag / ckpt.META).is_file():
+            raise WeightsError(f"{path}: points at {tag.name}, which is not a complete checkpoint in {path.parent}")
+    elif path.is_dir() and ckpt.published_tags(path):
+        say = lambda line: print(line, flush=True)  # noqa: E731
+        tag = ckpt.best_intact(path, say) or ckpt.latest_intact(path, say)
+        if tag is None:
+            raise WeightsError(f"{path}: no intact checkpoint here (every one fails verification)")
+    elif path.is_dir() and (path / ckpt.META).is_file():
+        tag = path
+    else:
+        return path
+    found = ckpt.problem(tag)
+    if found is not None:
+        raise WeightsError(f"{path}: corrupt checkpoint {tag.name}: {found}")
+    return tag
+
+
 def load_checkpoint(path: str | os.PathLike, job: JobConfig | None = None) -> Loaded:
-    """Rebuild the model from a checkpoint folder (DeepSpeed or consolidated) or a weights file."""
+    """Rebuild the model from a checkpoint folder (DeepSpeed or consolidated), a `best`/`latest`
+    pointer file, a training's checkpoints folder, or a weights file."""
     path = Path(path)
     if not path.exists():
         raise WeightsError(f"{path}: checkpoint not found")
+    path = resolve_pointer(path)
     embedded = None
     if path.is_file():
         state, embedded = _read_file(path)

@@ -38,16 +38,27 @@ def _lines(options: list[tuple[str, str]]) -> str:
     return "\n".join(f"#SBATCH --{k}={v}" for k, v in options if v)
 
 
+def gpus_per_node(job: JobConfig) -> int:
+    """GPUs to ask each node for: the job's own setting, else enough for one GPU per training
+    worker (train.use_gpu) spread over the nodes, else none. A job that trains on GPUs thus
+    submits as it is, without a second number to keep in step with train.workers."""
+    s = job.slurm
+    if s.gpus_per_node is not None:
+        return s.gpus_per_node
+    return -(-job.train.workers // s.nodes) if job.train.use_gpu else 0
+
+
 def render(job: JobConfig, job_file: str, resume: str | None = None, python: str | None = None) -> str:
     """The sbatch script for `job`, whose resolved config the nodes read from `job_file`."""
     s = job.slurm
-    if job.train.use_gpu and job.train.workers > s.nodes * s.gpus_per_node:
+    gpus = gpus_per_node(job)
+    if job.train.use_gpu and job.train.workers > s.nodes * gpus:
         raise SlurmError(
             f"train.workers={job.train.workers} with train.use_gpu needs that many GPUs, but "
-            f"slurm asks for {s.nodes} node(s) x {s.gpus_per_node} GPU(s)"
+            f"slurm asks for {s.nodes} node(s) x {gpus} GPU(s) (slurm.gpus_per_node)"
         )
     optional = _lines(
-        [("gpus-per-node", str(s.gpus_per_node) if s.gpus_per_node else ""), ("mem", s.mem),
+        [("gpus-per-node", str(gpus) if gpus else ""), ("mem", s.mem),
          ("partition", s.partition), ("account", s.account), ("qos", s.qos)]
     )
     extra = [f"#SBATCH {line.strip().removeprefix('#SBATCH').strip()}" for line in s.extra]
@@ -55,7 +66,7 @@ def render(job: JobConfig, job_file: str, resume: str | None = None, python: str
         "job_name": JOB_PREFIX + job.name,
         "nodes": str(s.nodes),
         "cpus_per_node": str(s.cpus_per_node),
-        "gpus_per_node": str(s.gpus_per_node),
+        "gpus_per_node": str(gpus),
         "time": s.time,
         "signal_seconds": str(s.signal_seconds),
         "log_dir": shlex.quote(str(Path(job_file).parent)),

@@ -27,12 +27,27 @@ class Variant:
     job: JobConfig
 
 
+def split_values(raw: str) -> list[str]:
+    """Commas outside brackets separate values, so a value may be a YAML list:
+    `[expr],[expr,va,au]` -> ["[expr]", "[expr,va,au]"]."""
+    values, depth, current = [], 0, ""
+    for ch in raw:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return [v.strip() for v in [*values, current] if v.strip()]
+
+
 def parse_grid(text: str) -> tuple[str, list[str]]:
-    """`model.fusion=bi,concat` -> ("model.fusion", ["bi", "concat"])."""
+    """`model.fusion=bi,concat` -> ("model.fusion", ["bi", "concat"]); list values keep their
+    commas: `model.tasks=[expr],[expr,va,au]`."""
     if "=" not in text:
         raise ConfigError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. model.fusion=bi,concat")
     key, raw = text.split("=", 1)
-    values = [v.strip() for v in raw.split(",") if v.strip()]
+    values = split_values(raw)
     if not key.strip() or not values:
         raise ConfigError(f"--grid {text!r}: needs a key and at least one value")
     return key.strip(), values

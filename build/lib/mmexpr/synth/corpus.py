@@ -6,6 +6,8 @@ Layout written under OUT (the same one `pack` reads for Aff-Wild2)::
     videos/<name>.mp4                        H.264 + AAC (16 kHz mono), 25 or 30 fps
     annotations/Train_Set/<name>.txt         per-frame EXPR labels, -1 where no face
     annotations/Validation_Set/<name>.txt    (two-person videos: <name>_left/_right.txt)
+    annotations/VA_Estimation_Challenge/<Split_Set>/<track>.txt   valence, arousal per frame
+    annotations/AU_Detection_Challenge/<Split_Set>/<track>.txt    12 action units per frame
     transcripts/<name>.json                  [{"start": s, "end": s, "word": w}, ...]
     cropped_aligned/<track>/<00001>.jpg      only with SynthSpec(face_crops=True)
     corpus.json                              seed, settings, the design and per-video facts
@@ -63,15 +65,27 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mmexpr.data.encode import fixed_fresh_memory
+from mmexpr.data.sources import challenge_folder
 from mmexpr.errors import UserError
-from mmexpr.labels import CLASSES, IGNORE, NUM_CLASSES, track_name, write_annotation
+from mmexpr.labels import (
+    AU_NAMES,
+    CLASSES,
+    IGNORE,
+    NUM_AUS,
+    NUM_CLASSES,
+    track_name,
+    write_annotation,
+    write_au_annotation,
+    write_va_annotation,
+)
 from mmexpr.progress import Progress
 from mmexpr.synth import face as synth_face
 from mmexpr.synth import speech as synth_speech
 
 SPLIT_FOLDERS = {"train": "Train_Set", "validation": "Validation_Set"}
 GENERATOR = "mmexpr.synth.corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: VA and AU annotations beside EXPR
 CROP_SIZE = 112  # Aff-Wild2's cropped_aligned size
 _BLEND_SECONDS = 0.24  # how long a face takes to move to a new expression
 _MOUTH_TALK = 0.3  # how far the mouth opens with each spoken syllable
@@ -480,7 +494,11 @@ def _crop_writer(out: Path, people: dict[str, _Person], params: dict[str, np.nda
 
 
 def write_video(out: Path, plan: VideoPlan, spec: SynthSpec) -> dict:
-    """Write one video with its annotations and transcript; return its facts for corpus.json."""
+    """Write one video with its annotations and transcript; return its facts for corpus.json.
+
+    x264 reads bytes it has not written, so fresh memory gets a fixed byte first (as in pack):
+    otherwise the same seed gives other bytes in another process."""
+    fixed_fresh_memory()
     rng = np.random.default_rng([spec.seed, 1, plan.index])
     segments = plan_segments(plan, rng)
     people = _people(plan, rng)
@@ -502,6 +520,7 @@ def write_video(out: Path, plan: VideoPlan, spec: SynthSpec) -> dict:
         for s in segments:
             labels[s.start : s.end] = s.labels[track]
         write_annotation(folder / f"{track}.txt", labels)
+    write_task_annotations(out, plan, segments, spec.seed)
     transcript = []
     for s, u in zip(segments, utterances, strict=True):
         if u is not None:
@@ -510,6 +529,57 @@ def write_video(out: Path, plan: VideoPlan, spec: SynthSpec) -> dict:
             )
     (out / "transcripts" / f"{plan.name}.json").write_text(json.dumps(transcript, indent=1) + "\n")
     return _facts(plan, segments, people, utterances, spec.audio_rate)
+
+
+# Valence and arousal of each class (Russell's circumplex, roughly), and the action units each
+# class shows (FACS prototypes, within the 12 AUs of ABAW), so VA and AU follow the expressions.
+CLASS_VA = np.array([[0.0, 0.0], [-0.6, 0.7], [-0.6, 0.3], [-0.5, 0.8], [0.7, 0.4], [-0.6, -0.4], [0.3, 0.8],
+                     [0.2, -0.3]])
+CLASS_AUS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("AU4", "AU7", "AU23", "AU24"),
+    ("AU4", "AU10", "AU15"),
+    ("AU1", "AU2", "AU4", "AU7", "AU25"),
+    ("AU6", "AU12", "AU25"),
+    ("AU1", "AU4", "AU15"),
+    ("AU1", "AU2", "AU25", "AU26"),
+    ("AU10", "AU25"),
+)
+UNKNOWN_SEGMENTS = 0.1  # share of face segments left unknown for VA, and for AU (drawn apart)
+
+
+def task_labels(plan: VideoPlan, segments: list[Segment], track: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """VA [frames, 2] (NaN unknown) and AU [frames, 12] (-1 unknown) of one track: the class's
+    VA scaled by the segment's intensity plus a slow wobble, the class's AUs with a few frames
+    flipped; unknown where there is no face and on some segments. Drawn from their own
+    generator, so the videos and EXPR files stay what they were."""
+    rng = np.random.default_rng([seed, 2, plan.index, plan.tracks.index(track)])
+    va = np.full((plan.frames, 2), np.nan, np.float32)
+    au = np.full((plan.frames, NUM_AUS), IGNORE, np.int64)
+    for s in segments:
+        label = s.labels[track]
+        if label == IGNORE:
+            continue
+        n = s.end - s.start
+        t = np.arange(n) / plan.fps
+        wobble = 0.08 * np.sin(2 * np.pi * (0.5 * t[:, None] + rng.random(2)))
+        if rng.random() >= UNKNOWN_SEGMENTS:
+            scale = 0.6 + 0.4 * s.intensity.get(track, 1.0)
+            va[s.start : s.end] = np.clip(CLASS_VA[label] * scale + wobble, -1, 1)
+        if rng.random() >= UNKNOWN_SEGMENTS:
+            active = np.zeros(NUM_AUS, np.int64)
+            active[[AU_NAMES.index(name) for name in CLASS_AUS[label]]] = 1
+            flips = rng.random((n, NUM_AUS)) < 0.03
+            au[s.start : s.end] = np.where(flips, 1 - active, active)
+    return va, au
+
+
+def write_task_annotations(out: Path, plan: VideoPlan, segments: list[Segment], seed: int) -> None:
+    split = SPLIT_FOLDERS[plan.split]
+    for track in plan.tracks:
+        va, au = task_labels(plan, segments, track, seed)
+        write_va_annotation(out / "annotations" / challenge_folder("va") / split / f"{track}.txt", va)
+        write_au_annotation(out / "annotations" / challenge_folder("au") / split / f"{track}.txt", au)
 
 
 def _facts(

@@ -4,7 +4,8 @@ Folder of one run: `<run_dir>/checkpoints/`
     step-00000040/            one published checkpoint (a DeepSpeed tag folder)
         mp_rank_00_model_states.pt, zero_pp_rank_*_optim_states.pt   DeepSpeed's shards
         portable.pt           consolidated fp32 weights + full Adam moments, by parameter name
-        meta.json             step, world size, ZeRO stage, eval F1: written last
+        meta.json             step, world size, ZeRO stage, eval F1, size + sha256 of every
+                              other file: written last
     latest                    text file naming the newest published tag (DeepSpeed's convention)
     best                      text file naming the tag with the best validation macro F1
     .tmp-step-00000060/       a write in progress (or one that was interrupted)
@@ -13,6 +14,13 @@ Publishing: every rank writes into `.tmp-<tag>`, all ranks meet at a barrier, th
 renames the folder to `<tag>` and only then replaces `latest` (write a temp file + os.replace).
 A crash at any point leaves `latest` naming a complete checkpoint; leftover temp folders are
 ignored by readers and removed by the next save.
+
+Integrity: meta.json records the size and sha256 of every file of the checkpoint, hashed
+after all ranks wrote them. A resume, a registration and predict verify them
+(`verify`); a checkpoint whose files changed since (a truncated shard, flipped bytes) is
+named and passed over for the newest intact one before it (`latest_intact`, `best_intact`),
+and `repoint` moves a `best`/`latest` pointer off it. Older checkpoints without the record
+are taken as they are.
 
 Why the portable copy: DeepSpeed's ZeRO shards are cut for one world size. Resuming on
 another number of workers needs either DeepSpeed's universal-checkpoint conversion (which
@@ -26,6 +34,7 @@ the fp32 state per checkpoint, on rank 0's disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -42,6 +51,7 @@ import torch.distributed as dist
 TAG_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 META = "meta.json"
+FILES = "files"  # in meta.json: relative path -> [bytes, sha256]
 PORTABLE = "portable.pt"
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -122,6 +132,103 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(tag_dir: Path) -> dict[str, list]:
+    """[bytes, sha256] of every file under a checkpoint folder but meta.json, by relative path."""
+    tag_dir = Path(tag_dir)
+    files = sorted(f for f in tag_dir.rglob("*") if f.is_file() and f.name != META)
+    return {str(f.relative_to(tag_dir)): [f.stat().st_size, _sha256(f)] for f in files}
+
+
+def write_meta(tag_dir: Path, meta: dict[str, Any]) -> None:
+    """meta.json with the record of every other file; written last, it marks the folder complete."""
+    full = {**meta, FILES: file_record(tag_dir)}
+    (Path(tag_dir) / META).write_text(json.dumps(full, indent=1))
+
+
+def problem(tag_dir: Path) -> str | None:
+    """What is wrong with a published checkpoint's files, naming the file; None if intact."""
+    tag_dir = Path(tag_dir)
+    try:
+        recorded = read_meta(tag_dir).get(FILES)
+    except (CheckpointError, json.JSONDecodeError) as exc:
+        return str(exc)
+    if recorded is None:
+        return None  # saved before files were recorded: nothing to check against
+    for name, (size, digest) in sorted(recorded.items()):
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, {size} recorded when it was saved"
+        if _sha256(path) != digest:
+            return f"{path}: sha256 differs from the one recorded when it was saved"
+    return None
+
+
+def verify(tag_dir: Path) -> None:
+    """Raise CheckpointError naming the first file that changed since the checkpoint was saved."""
+    found = problem(tag_dir)
+    if found is not None:
+        raise CheckpointError(f"corrupt checkpoint {tag_dir}: {found}")
+
+
+def _first_intact(candidates: list[Path], say) -> Path | None:
+    seen = set()
+    for tag in candidates:
+        if tag.name in seen:
+            continue
+        seen.add(tag.name)
+        found = problem(tag)
+        if found is None:
+            return tag
+        say(f"checkpoint {tag.name} is corrupt and skipped: {found}")
+    return None
+
+
+def latest_intact(ckpt_dir: Path, say=print) -> Path | None:
+    """The newest checkpoint whose files verify: `latest`, else the ones saved before it."""
+    ckpt_dir = Path(ckpt_dir)
+    pointed = latest(ckpt_dir)
+    tags = published_tags(ckpt_dir)[::-1]
+    return _first_intact(([pointed] if pointed is not None else []) + tags, say)
+
+
+def best_intact(ckpt_dir: Path, say=print) -> Path | None:
+    """`best` if it verifies, else the intact checkpoint with the highest validation F1."""
+    ckpt_dir = Path(ckpt_dir)
+    pointed = best(ckpt_dir)
+    scored = [t for t in published_tags(ckpt_dir) if read_meta(t).get("val_macro_f1") is not None]
+    scored.sort(key=lambda t: read_meta(t)["val_macro_f1"], reverse=True)
+    return _first_intact(([pointed] if pointed is not None else []) + scored, say)
+
+
+def repoint(ckpt_dir: Path, say=print) -> None:
+    """Move `best` and `latest` off checkpoints that fail verification (or drop the pointer)."""
+    ckpt_dir = Path(ckpt_dir)
+    for name, choose in (("latest", latest_intact), ("best", best_intact)):
+        pointed = _pointer(ckpt_dir, name)
+        if pointed is None or problem(pointed) is None:
+            continue
+        target = choose(ckpt_dir, say)
+        if target is None:
+            (ckpt_dir / name).unlink(missing_ok=True)
+            say(f"{ckpt_dir / name}: removed; no intact checkpoint is left to point at")
+        else:
+            _write_pointer(ckpt_dir, name, target.name)
+            say(f"{ckpt_dir / name}: now {target.name}")
 
 
 # ---------------------------------------------------------------- RNG state
@@ -324,11 +431,11 @@ def save(
     portable = gather_portable(engine, optimizer)
     if rank0:
         torch.save(portable, ckpt_dir / tmp_tag / PORTABLE)
-        full_meta = {**meta, "step": step, "tag": tag, "moment_norms": moment_norms(portable), "time": time.time()}
-        (ckpt_dir / tmp_tag / META).write_text(json.dumps(full_meta, indent=1))
     dist.barrier()  # every rank's shard is on disk
     saved = None
     if rank0:
+        full_meta = {**meta, "step": step, "tag": tag, "moment_norms": moment_norms(portable), "time": time.time()}
+        write_meta(ckpt_dir / tmp_tag, full_meta)
         final = ckpt_dir / tag
         if final.exists():  # the same step saved twice (e.g. end of run == periodic save)
             shutil.rmtree(final)
@@ -389,4 +496,7 @@ def load_portable(tag_dir: Path) -> dict[str, Any]:
     path = Path(tag_dir) / PORTABLE
     if not path.is_file():
         raise CheckpointError(f"{tag_dir}: no {PORTABLE}; cannot resume on another world size or ZeRO stage")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc

@@ -33,6 +33,10 @@ from mmexpr.train.handoff import LoopConfig, LoopResult, read_progress
 SETUP_HOOK = "mmexpr.train.worker_setup.setup"
 
 
+class DataLossError(UserError, RuntimeError):
+    """Too many samples could not be used (data.max_skipped); the message names the shards."""
+
+
 class TrainSetupError(UserError):
     """The job cannot start: missing shards, an unknown --resume, too few samples..."""
 
@@ -56,7 +60,7 @@ class TrainResult:
         lines = [
             f"run {self.run_id}: step {self.step}, world size {self.world_size}"
             + (" (stopped by a preemption signal; resume with --resume latest)" if self.preempted else ""),
-            f"  best val macro F1 {self.best_f1:.4f} at step {self.best_step}" if self.best_step else "  no evaluation yet",
+            f"  best val score {self.best_f1:.4f} at step {self.best_step}" if self.best_step else "  no evaluation yet",
             f"  checkpoints: {self.run_dir / 'checkpoints'} (latest {self.latest_checkpoint.name if self.latest_checkpoint else '-'})",
             f"  MLflow: {self.tracking_uri}",
         ]
@@ -75,8 +79,10 @@ class ResumePoint:
 # ---------------------------------------------------------------- checks before Ray
 
 
-def check_data(job: JobConfig) -> list[int]:
-    """Both splits readable and big enough; returns the train class counts (for CE weights)."""
+def check_data(job: JobConfig) -> tuple[list[int], list[float] | None]:
+    """Both splits readable and big enough; returns the train class counts (for CE weights) and
+    AU positive rates (for BCE positive weights). A task of model.tasks without any labelled
+    frame in the train split is an error: its head would learn nothing."""
     from mmexpr.data.loader import make_loader, read_manifest
     from mmexpr.data.manifest import manifest_path
 
@@ -90,12 +96,60 @@ def check_data(job: JobConfig) -> list[int]:
         read_manifest(path)  # raises ManifestError (a UserError) naming the problem
     # The loader's own checks (e.g. fewer chunks than ranks x loader workers), for rank 0's view.
     make_loader(d.shards, d.train_split, d, train=True, rank=0, world_size=job.train.workers, seed=job.train.seed)
-    return read_manifest(manifest_path(d.shards, d.train_split)).class_counts()
+    train = read_manifest(manifest_path(d.shards, d.train_split))
+    stats = train.task_stats()
+    if stats:
+        empty = [t for t in job.model.tasks if not stats.get(t, {}).get("frames")]
+        if empty:
+            raise TrainSetupError(
+                f"model.tasks {job.model.tasks}: the train split of {d.shards} has no labelled frame for "
+                f"{', '.join(empty)} (manifest tasks: {sorted(stats)}); pack its annotations or drop the task"
+            )
+    return train.class_counts(), train.au_positive_rates()
+
+
+ACTIVATION_COPIES = 4  # float32 copies of a batch's frames the forward pass holds at least
+
+
+def batch_memory(job: JobConfig) -> int:
+    """A lower bound on the bytes one worker holds for its batches: the uint8 batches the
+    loader has in flight (batch.py's shapes) and the float32 frames with the activations
+    of the visual encoder's first layers, each at least the size of its input."""
+    from mmexpr.data.batch import audio_samples
+
+    d = job.data
+    frames = d.batch_size * d.window * 3 * d.image_size**2
+    audio = d.batch_size * audio_samples(d.window, d.sample_rate) * 4
+    in_flight = 1 + 2 * d.loader_workers  # the one in use, two prefetched per loader worker
+    return in_flight * (frames + audio) + ACTIVATION_COPIES * 4 * frames
+
+
+def check_memory(job: JobConfig) -> None:
+    """Refuse at start a batch that cannot fit in this machine's memory (or one GPU's), so a
+    job does not die a minute later in Ray's out-of-memory killer."""
+    import psutil
+
+    need = batch_memory(job)
+    if job.train.use_gpu:
+        import torch
+
+        have, where = torch.cuda.get_device_properties(0).total_memory, "one GPU's memory"
+    else:
+        need *= job.train.workers
+        have, where = psutil.virtual_memory().total, f"this machine's memory ({job.train.workers} workers)"
+    if need > have:
+        d = job.data
+        raise TrainSetupError(
+            f"data.batch_size={d.batch_size} x data.window={d.window} frames x data.image_size={d.image_size}^2 "
+            f"needs at least {need / 2**30:.1f} GiB for batches alone, more than {where}, {have / 2**30:.1f} GiB; "
+            "lower data.window, data.batch_size, data.image_size or train.workers"
+        )
 
 
 def check_resources(job: JobConfig, address: str | None) -> None:
     if address:
         return  # a cluster's resources are its own; Ray reports what it lacks
+    check_memory(job)
     if job.train.use_gpu:
         import torch
 
@@ -112,7 +166,7 @@ def resolve_resume(job: JobConfig, resume: str) -> ResumePoint:
     if resume == "latest":
         candidates = []
         for run_dir in root.glob("*") if root.is_dir() else []:
-            tag = ckpt.latest(run_dir / "checkpoints")
+            tag = ckpt.latest_intact(run_dir / "checkpoints")
             if tag is not None:
                 candidates.append((ckpt.read_meta(tag).get("time", 0), run_dir, tag))
         if not candidates:
@@ -129,12 +183,16 @@ def resolve_resume(job: JobConfig, resume: str) -> ResumePoint:
         path = matches[0]
     path = path.resolve()
     if (path / ckpt.META).is_file():
+        found = ckpt.problem(path)
+        if found is not None:
+            raise TrainSetupError(f"--resume {resume}: corrupt checkpoint: {found}; resume from its run folder "
+                                  "to take the newest intact one")
         run_dir = path.parent.parent
         return ResumePoint(run_dir, run_dir.name, path)
     run_dir = path.parent if (path / "latest").is_file() or path.name == "checkpoints" else path
-    tag = ckpt.latest(run_dir / "checkpoints")
+    tag = ckpt.latest_intact(run_dir / "checkpoints")
     if tag is None:
-        raise TrainSetupError(f"--resume {resume}: no complete checkpoint in {run_dir / 'checkpoints'}")
+        raise TrainSetupError(f"--resume {resume}: no complete and intact checkpoint in {run_dir / 'checkpoints'}")
     return ResumePoint(run_dir, run_dir.name, tag)
 
 
@@ -196,11 +254,13 @@ def _fit(job: JobConfig, loop: LoopConfig, run_dir: Path):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mmexpr.train.loopback import LoopbackTorchConfig, cluster_on_loopback
     from mmexpr.train.worker import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_dict(),
+        torch_config=LoopbackTorchConfig() if cluster_on_loopback() else None,
         scaling_config=ScalingConfig(
             num_workers=job.train.workers,
             use_gpu=job.train.use_gpu,
@@ -225,7 +285,7 @@ def run_training(
 
     `tags` go on the MLflow run when it opens (a sweep's id), so a run that fails still has them."""
     job = with_absolute_paths(job)
-    class_counts = check_data(job)
+    class_counts, au_rates = check_data(job)
     check_resources(job, address)
     point = resolve_resume(job, resume) if resume else None
     if point is not None:
@@ -257,9 +317,11 @@ def run_training(
         tracking_uri=store.uri,
         resume_tag=str(point.tag) if point else None,
         class_counts=class_counts,
+        au_positive_rates=au_rates,
         started_at=time.time(),
     )
     started = start_ray(job, address)
+    loop = _with_fate(loop)
     status = "FAILED"
     try:
         stop = threading.Event()
@@ -271,9 +333,12 @@ def run_training(
             stop.set()
             display.join(timeout=5)
         outcome = LoopResult.from_metrics(fitted.metrics or {})
+        if outcome.data_loss:
+            raise DataLossError(f"training stopped at step {outcome.step}: {outcome.data_loss}")
         done = outcome.step >= job.train.max_steps and not outcome.preempted
-        status = "FINISHED" if done else "KILLED"
+        ckpt.repoint(run_dir / "checkpoints")
         version = _register(store, job, run_id, run_dir) if done and job.track.register_model else None
+        status = "FINISHED" if done else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -301,6 +366,19 @@ def run_training(
     return out
 
 
+def _with_fate(loop: LoopConfig) -> LoopConfig:
+    """On the local loopback cluster, workers end when this driver process dies (fate.py)."""
+    from dataclasses import replace
+
+    from mmexpr.train import fate
+    from mmexpr.train.loopback import cluster_on_loopback
+
+    if not cluster_on_loopback():
+        return loop
+    pid, started = fate.identity()
+    return replace(loop, driver_pid=pid, driver_started=started)
+
+
 def _close(store: Store, run_id: str, status: str) -> None:
     try:
         mlflow_run.finish_run(store, run_id, status)
@@ -310,8 +388,10 @@ def _close(store: Store, run_id: str, status: str) -> None:
 
 def _register(store: Store, job: JobConfig, run_id: str, run_dir: Path) -> str | None:
     """Register the best checkpoint's consolidated weights (the latest if none was evaluated)."""
-    tag = ckpt.best(run_dir / "checkpoints") or ckpt.latest(run_dir / "checkpoints")
+    ckpt_dir = run_dir / "checkpoints"
+    tag = ckpt.best_intact(ckpt_dir) or ckpt.latest_intact(ckpt_dir)
     if tag is None:
+        print(f"not registered: no intact checkpoint in {ckpt_dir}", flush=True)
         return None
     meta = {**ckpt.read_meta(tag), "path": str(tag)}
     weights = ckpt.load_portable(tag)["weights"]

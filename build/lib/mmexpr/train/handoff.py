@@ -26,7 +26,10 @@ class LoopConfig:
     tracking_uri: str
     resume_tag: str | None  # --resume's checkpoint; a Ray restart prefers a newer one of this invocation
     class_counts: list[int]  # train label histogram, for class weights
+    au_positive_rates: list[float] | None  # train AU positive rates, for BCE positive weights
     started_at: float  # wall time the invocation started (newer checkpoints are its own)
+    driver_pid: int = 0  # local runs: the driver whose death ends the workers (fate.py); 0 = none
+    driver_started: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"loop": asdict(self)}
@@ -38,7 +41,8 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class LoopResult:
-    """Where a rank stopped: its step, the best and last validation F1, and why it stopped."""
+    """Where a rank stopped: its step, the best and last validation score (train.best_metric's;
+    the names keep "f1" from when EXPR was the only task), and why it stopped."""
 
     step: int
     best_f1: float
@@ -47,6 +51,7 @@ class LoopResult:
     preempted: bool
     resumed_from: str
     world_size: int
+    data_loss: str = ""  # why the loop stopped on lost samples (data_loss.py), "" if it did not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -113,7 +113,8 @@ def register_model(store: Store, run_id: str, name: str, weights: dict[str, Any]
         torch.save(weights, folder / "weights.pt")
         job.write(folder / "config.yaml")
         (folder / "checkpoint.txt").write_text(
-            f"step {meta.get('step')}\nval macro F1 {meta.get('val_macro_f1')}\ncheckpoint {meta.get('path')}\n"
+            f"step {meta.get('step')}\nval macro F1 {meta.get('val_macro_f1')}\nval scores {meta.get('val_scores')}\n"
+            f"checkpoint {meta.get('path')}\n"
         )
         c.log_artifacts(run_id, str(folder), "best_model")
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/best_model"
@@ -165,19 +166,31 @@ class RunLogger:
                 return
             del self._buffer[: len(chunk)]
 
-    def evaluation(self, scores, step: int) -> None:
+    def evaluation(self, evaluation, step: int) -> None:
+        """Every task's scores (val/macro_f1, val/va_ccc, val/au_f1, val/score_<task>, ...), its
+        figures and the score table."""
         from mmexpr.train import figures
 
+        scores = evaluation.scores
         self.metrics(scores.as_metrics("val/"), step)
         self.flush()
-        for make, name in ((figures.confusion_figure, "confusion"), (figures.per_class_f1_figure, "per_class_f1")):
-            fig = make(scores, step)
+        made = []
+        if scores.expr is not None:
+            made += [("confusion", lambda: figures.confusion_figure(scores.expr, step)),
+                     ("per_class_f1", lambda: figures.per_class_f1_figure(scores.expr, step))]
+        if scores.va is not None and evaluation.va_sample is not None:
+            made += [("va_time", lambda: figures.va_time_figure(evaluation.va_sample, step)),
+                     ("va_scatter", lambda: figures.va_scatter_figure(evaluation.va_sample, scores.va, step))]
+        if scores.au is not None:
+            made.append(("au_f1", lambda: figures.au_f1_figure(scores.au, step)))
+        for name, make in made:
+            fig = make()
             self._guard("log a figure", self._client.log_figure, self.run_id, fig, f"eval/{name}_step_{step:08d}.png")
             figures.close(fig)
         self._guard("log a table", self._client.log_text, self.run_id, scores.table(), f"eval/scores_step_{step:08d}.txt")
 
     def checkpoint(self, path: Path, step: int, seconds: float, size: int, is_best: bool, f1: float | None) -> None:
-        record = {"step": step, "path": str(path), "seconds": seconds, "bytes": size, "best": is_best, "val_macro_f1": f1}
+        record = {"step": step, "path": str(path), "seconds": seconds, "bytes": size, "best": is_best, "val_score": f1}
         self._guard("log a checkpoint record", self._client.log_dict, self.run_id, record, f"checkpoints/{path.name}.json")
         self._guard("tag the checkpoint", self._client.set_tag, self.run_id, "checkpoint.latest", str(path))
         if is_best:

@@ -33,6 +33,7 @@ from mmexpr.data.batch import Batch
 from mmexpr.train import checkpoint as ckpt
 from mmexpr.train import preemption
 from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
+from mmexpr.train.evaluation import best_score
 from mmexpr.train.handoff import LoopConfig, LoopResult, write_progress
 
 PROGRESS_SECONDS = 1.0  # rank 0 tells the driver where it stands at most this often
@@ -45,10 +46,13 @@ class Progress:
     step: int = 0
     best_f1: float = -1.0
     best_step: int | None = None
-    last_f1: float | None = None
+    last_f1: float | None = None  # the last value of train.best_metric's score
+    last_scores: dict[str, float] = field(default_factory=dict)
     preempted: bool = False
     resumed_from: str = ""
     history: list[float] = field(default_factory=list)
+    data_loss: str = ""  # set when too many samples were skipped: the loop stops
+    skips_said: dict[str, int] = field(default_factory=dict)  # per split, the count last printed
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -68,8 +72,9 @@ def _seed(job: JobConfig, rank: int) -> None:
 
 
 def choose_source(run_dir: Path, resume_tag: str | None, started_at: float) -> Path | None:
-    """A checkpoint written by this invocation wins (Ray restarted us); else --resume's."""
-    newest = ckpt.latest(run_dir / "checkpoints")
+    """A checkpoint written by this invocation wins (Ray restarted us); else --resume's.
+    Only one whose files verify: a corrupt one would fail every restart the same way."""
+    newest = ckpt.latest_intact(run_dir / "checkpoints")
     if newest is not None and ckpt.read_meta(newest).get("time", 0) >= started_at:
         return newest
     if resume_tag:
@@ -104,7 +109,7 @@ class Trainer:
         self.zero_stage = zero_stage_for(self.job, self.world)
         same_layout = meta is not None and meta["world_size"] == self.world and meta["zero_stage"] == self.zero_stage
         torch.manual_seed(self.job.train.seed)  # identical initial weights on every rank
-        model = build_model(self.job.model, loop.class_counts)
+        model = build_model(self.job.model, loop.class_counts, loop.au_positive_rates)
         portable = None
         if meta is not None and not same_layout:
             portable = ckpt.load_portable(source)
@@ -225,7 +230,32 @@ class Trainer:
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
                              seed=self.job.train.seed)
         with torch.random.fork_rng(devices=[]):
-            return evaluate(self.engine, loader, self._to_device)
+            evaluation = evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0,
+                                  smooth=self.job.model.smooth)
+        self._account(loader, d.val_split)
+        return evaluation
+
+    def _use_au_thresholds(self, scores) -> None:
+        """Per-AU thresholds tuned on this evaluation go into the model (every rank reduced the
+        same counts, so all agree), hence into the checkpoint that predict loads."""
+        if scores.au is not None and scores.au.thresholds is not None:
+            buffer = self.engine.module.au_thresholds
+            buffer.copy_(torch.as_tensor(scores.au.thresholds, dtype=buffer.dtype, device=buffer.device))
+
+    def _account(self, loader, split: str) -> None:
+        """Sum the samples skipped by every rank; print and log them; stop above data.max_skipped."""
+        from mmexpr.train import data_loss
+
+        total = data_loss.summed(loader.tally())
+        samples = loader.manifest.samples
+        if self.rank == 0 and total.skipped != self.progress.skips_said.get(split, 0):
+            self.progress.skips_said[split] = total.skipped
+            print(f"data: {data_loss.describe(total, split, samples)}", flush=True)
+        if self.logger is not None and total.read:
+            self.logger.metrics(data_loss.metrics(total, split, samples), self.progress.step)
+        found = data_loss.problem(total, split, samples, self.job.data.max_skipped)
+        if found and not self.progress.data_loss:
+            self.progress.data_loss = found
 
     def _save(self, is_best: bool) -> None:
         self._sync_buffers()
@@ -241,7 +271,9 @@ class Trainer:
             "world_size": self.world,
         }
         meta = {"world_size": self.world, "zero_stage": self.zero_stage, "epoch": self.train_loader.epoch,
-                "val_macro_f1": p.last_f1, "run_id": self.logger.run_id if self.logger else None}
+                "val_macro_f1": p.last_scores.get("val/macro_f1"), "val_score": p.last_f1,
+                "val_scores": p.last_scores, "best_metric": self.job.train.best_metric,
+                "run_id": self.logger.run_id if self.logger else None}
         saved = ckpt.save(self.engine, self.optimizer, self.ckpt_dir, p.step, client, meta,
                           is_best=is_best, keep_last=self.job.train.keep_last)
         if saved is not None and self.logger is not None:
@@ -270,15 +302,21 @@ class Trainer:
         reported, rate = 0.0, 0.0
         preemption.arm()
         try:
-            while p.step < stop_at and not p.preempted:
+            while p.step < stop_at and not p.preempted and not p.data_loss:
                 parts, seconds, wait = self._step()
                 p.step += 1
+                if p.step % t.log_every == 0 or p.step == stop_at:
+                    self._account(self.train_loader, self.job.data.train_split)
+                    if p.data_loss:
+                        break
                 p.history.append(parts["loss"])
                 if self.logger is not None:
                     metrics = {f"train/{k}": v for k, v in parts.items()}
                     metrics.update(self._lrs())
                     metrics["train/samples_per_s"] = per_step / seconds
                     metrics["train/data_wait"] = wait / seconds
+                    if self.place.accelerator == "cuda":
+                        metrics["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
                     self.logger.metrics(metrics, p.step)
                     if p.step % t.log_every == 0:
                         self.logger.flush()
@@ -288,13 +326,18 @@ class Trainer:
                     self._report_progress(parts["loss"], rate)
                 is_best = False
                 if p.step % t.eval_every == 0 or p.step == t.max_steps:
-                    scores = self._evaluate()
-                    p.last_f1 = scores.macro_f1
-                    is_best = scores.macro_f1 > p.best_f1
+                    evaluation = self._evaluate()
+                    scores = evaluation.scores
+                    self._use_au_thresholds(scores)
+                    p.last_f1 = best_score(scores, t.best_metric, self.job.model.tasks)
+                    p.last_scores = scores.as_metrics("val/")
+                    is_best = p.last_f1 > p.best_f1
                     if is_best:
-                        p.best_f1, p.best_step = scores.macro_f1, p.step
+                        p.best_f1, p.best_step = p.last_f1, p.step
                     if self.logger is not None:
-                        self.logger.evaluation(scores, p.step)
+                        self.logger.evaluation(evaluation, p.step)
+                    if p.data_loss:
+                        break
                 if p.step % t.checkpoint_every == 0 or p.step == stop_at or p.preempted or is_best:
                     self._save(is_best)
         finally:
@@ -304,7 +347,8 @@ class Trainer:
             if self.logger is not None:
                 self.logger.flush()
         return LoopResult(step=p.step, best_f1=p.best_f1, best_step=p.best_step, last_f1=p.last_f1,
-                          preempted=p.preempted, resumed_from=p.resumed_from, world_size=self.world)
+                          preempted=p.preempted, resumed_from=p.resumed_from, world_size=self.world,
+                          data_loss=p.data_loss)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -319,7 +363,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     import ray.train
 
-    trainer = Trainer(LoopConfig.from_dict(config))
+    from mmexpr.train import fate
+
+    loop = LoopConfig.from_dict(config)
+    fate.watch(loop.driver_pid, loop.driver_started)
+    trainer = Trainer(loop)
     result = trainer.run().to_dict()
     if trainer.rank != 0:
         ray.train.report(result)
