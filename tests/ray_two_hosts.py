@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ print(json.dumps([{"ip": n["NodeManagerAddress"], "cpus": n["Resources"].get("CP
 def ray_two_hosts(root: Path, cpus_per_node: int = 1) -> Iterator[RayCluster]:
     """Start head (namespace a) and worker (namespace b); yield when both joined; stop by pid."""
     root.mkdir(parents=True, exist_ok=True)
+    # Ray's unix sockets live under --temp-dir and AF_UNIX paths stop at 107 bytes: a deep pytest
+    # temp folder (pytest-113/ray20/...) made the dashboard fail to start, so the nodes get a short one.
+    short = Path(tempfile.mkdtemp(prefix="mmxr-", dir="/tmp"))
     daemons = Daemons()
     with NetnsPair("r") as net:
         cluster = RayCluster(net, root)
@@ -85,14 +90,14 @@ def ray_two_hosts(root: Path, cpus_per_node: int = 1) -> Iterator[RayCluster]:
                 f"--node-ip-address={net.a.ip}", f"--port={GCS_PORT}",
                 "--include-dashboard=true", f"--dashboard-host={net.a.ip}",
                 f"--dashboard-port={DASHBOARD_PORT}", f"--num-cpus={cpus_per_node}",
-                f"--temp-dir={root}/ray-a",
+                f"--temp-dir={short}/a",
             ]
             daemons.start(net.a.cmd(head), root / "head.log", env=ray_env())
             wait_until(lambda: _port_open(net.a, GCS_PORT), 90, "the Ray head's GCS port")
             worker = [
                 RAY, "start", "--block", "--disable-usage-stats",
                 f"--address={net.a.ip}:{GCS_PORT}", f"--node-ip-address={net.b.ip}",
-                f"--num-cpus={cpus_per_node}", f"--temp-dir={root}/ray-b",
+                f"--num-cpus={cpus_per_node}", f"--temp-dir={short}/b",
             ]
             daemons.start(net.b.cmd(worker), root / "worker.log", env=ray_env())
             wait_until(lambda: len(cluster.nodes_alive()) == 2, 120, "both Ray nodes to join")
@@ -101,6 +106,8 @@ def ray_two_hosts(root: Path, cpus_per_node: int = 1) -> Iterator[RayCluster]:
         finally:
             daemons.stop_all()
             kill_processes_mentioning(str(root))
+            kill_processes_mentioning(str(short))
+            shutil.rmtree(short, ignore_errors=True)
 
 
 def _port_open(host, port: int) -> bool:
