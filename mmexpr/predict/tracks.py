@@ -22,6 +22,7 @@ in parallel, while the main process runs the model on the windows that are compl
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -218,8 +219,9 @@ class TrackPieces(IterableDataset):
         for i in range(worker, len(self.names), workers):
             yield from self.pieces(i)
 
+    @abstractmethod
     def pieces(self, i: int) -> Iterator[Piece]:
-        raise NotImplementedError
+        """The pieces of track i, in frame order (each source decodes them its own way)."""
 
 
 class ShardTracks(TrackPieces):
