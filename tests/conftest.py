@@ -41,6 +41,16 @@ def demo_shards(demo_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray cluster (loopback only) for every pack in a module; pack reuses it."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine

@@ -184,16 +184,6 @@ def test_faces_command_writes_one_csv_row_per_detection_and_a_preview(fer, pool,
     assert main(["faces", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray cluster (loopback only) for the packs of this module; pack reuses it."""
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _samples(split_dir: Path) -> list[dict]:
     urls = sorted(str(p) for p in split_dir.glob("shard-*.tar"))
     return list(wds.WebDataset(urls, shardshuffle=False))

@@ -33,16 +33,6 @@ from mmexpr.labels import CLASSES, fit_to_frames, read_annotation, write_annotat
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray cluster (loopback only) for every pack in this module; pack reuses it."""
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _wav_samples(data: bytes) -> int:
     with wave.open(io.BytesIO(data)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)

@@ -20,15 +20,6 @@ from mmexpr.labels import write_annotation
 PACK = dict(chunk_frames=16, face_size=32, shard_mb=1, progress=False)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def release_tree(root: Path, challenge: str = "EXPR_Recognition_Challenge") -> Path:
     """videos/batch1, batch2 (.avi), new_vids; annotations/<challenge>/Train_Set, Validation_Set."""
     write_video(root / "videos" / "batch1" / "a.mp4", 20, audio_rate=None)

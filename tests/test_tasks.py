@@ -223,15 +223,6 @@ def test_evaluate_refuses_predictions_and_annotations_of_different_tasks(tmp_pat
 # ---------------------------------------------------------------- packing VA and AU
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _task_source(root: Path) -> Path:
     """Track `both` has EXPR, VA and AU; `va_only` has VA only; three bad VA/AU files."""
     from media import labels_for, write_video
