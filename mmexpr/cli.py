@@ -1,6 +1,6 @@
 """`mmexpr` commands. The path of one sample, stage by stage:
 
-    synth     -> mmexpr/data/synth.py       demo corpus in Aff-Wild2 layout
+    synth     -> mmexpr/synth/corpus.py     demo corpus in Aff-Wild2 layout
     faces     -> mmexpr/faces/video.py      raw video -> face tracks (detector, tracker, aligned crops)
     pack      -> mmexpr/data/pack.py        videos + labels -> WebDataset shards + manifest
     (load)    -> mmexpr/data/loader.py      shards -> decord -> windows (inside training)
@@ -9,32 +9,32 @@
     predict   -> mmexpr/predict/predict.py  sliding windows -> ABAW submission files
     evaluate  -> mmexpr/predict/evaluate.py submission files vs annotations
     submit    -> mmexpr/submit/             where a job runs: local, Ray cluster, SLURM
-    runs, ui  -> mmexpr/track/runs.py, ui.py runs read back from MLflow; the MLflow UI on loopback
-    sweep     -> mmexpr/track/sweep.py      grid of job variants, one MLflow run each, one sweep tag
+    runs, ui  -> mmexpr/runs/listing.py, ui.py  runs read back from MLflow; the MLflow UI on loopback
+    sweep     -> mmexpr/submit/sweep.py     grid of job variants, one MLflow run each, one sweep tag
+    bench     -> mmexpr/bench/              speed and learning, as ratios against a baseline of the same run
     demo      -> mmexpr/demo.py             all of the above on a synthetic corpus, end to end
 
-Each handler imports its stage lazily so that `--help` answers at once.
+Each handler imports its stage lazily so that `--help` answers at once, and returns an exit
+status or the summary to print (success).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 
+from mmexpr.bench import NAMES
+from mmexpr.config import JobConfig, add_overrides_arg, load_job
 from mmexpr.errors import UserError
+from mmexpr.submit.commands import add_jobs_args, add_target_args, jobs_command, submit_elsewhere
 
 
 def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job file, e.g. jobs/demo.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.fusion=concat (repeatable)",
-    )
+    add_overrides_arg(p)
 
 
 def _synth(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def _synth(sub: argparse._SubParsersAction) -> None:
                    help="instead: the ABAW release layout from real recordings in shared/data (FER2013 faces with "
                    "gaps in cropped_aligned/, RAVDESS voices, a two-person video, test_set.txt); --videos is per split")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         if args.release:
             from mmexpr.synth.real import NOT_TOGETHER
             from mmexpr.synth.release import ReleaseSpec, write_release
@@ -66,9 +66,7 @@ def _synth(sub: argparse._SubParsersAction) -> None:
 
         spec = SynthSpec(videos=args.videos, seconds=args.seconds, seed=args.seed, val_fraction=args.val_fraction,
                          face_crops=args.face_crops, workers=args.workers)
-        summary = write_corpus(args.out, spec, overwrite=args.overwrite)
-        print(summary)
-        return 0
+        return write_corpus(args.out, spec, overwrite=args.overwrite)
 
     p.set_defaults(func=run)
 
@@ -78,44 +76,35 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pred_dir", help="folder of submission files, one per track")
     p.add_argument("label_dir", help="folder of Aff-Wild2 EXPR annotation files")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.predict.evaluate import evaluate_dirs
 
-        report = evaluate_dirs(args.pred_dir, args.label_dir)
-        print(report.text())
-        return 0
+        return evaluate_dirs(args.pred_dir, args.label_dir).text()
 
     p.set_defaults(func=run)
 
 
-def _show_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print a job's resolved config (after overrides), or its error")
-    _job_args(p)
-
-    def run(args: argparse.Namespace) -> int:
-        from mmexpr.config import load_job
-
-        print(load_job(args.job, args.overrides).to_yaml(), end="")
-        return 0
-
-    p.set_defaults(func=run)
+def _print_config(job: JobConfig) -> None:
+    print(job.to_yaml(), end="")
 
 
-def _describe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("describe", help="print the model a job builds: modules, parameters, FLOPs per window")
-    _job_args(p)
+def _print_model(job: JobConfig) -> None:
+    from mmexpr.model.model import build_model
 
-    def run(args: argparse.Namespace) -> int:
-        from mmexpr.config import load_job
-        from mmexpr.model.model import build_model
+    model = build_model(job.model, class_counts=None)
+    print(f"job: {job.name}")
+    print(model.describe(window=job.data.window, image_size=job.data.image_size))
 
-        job = load_job(args.job, args.overrides)
-        model = build_model(job.model, class_counts=None)
-        print(f"job: {job.name}")
-        print(model.describe(window=job.data.window, image_size=job.data.image_size))
-        return 0
 
-    p.set_defaults(func=run)
+def _job_printers(sub: argparse._SubParsersAction) -> None:
+    """`config` and `describe`: load a job (with its overrides) and print what it resolves to."""
+    for name, help, show in (
+        ("config", "print a job's resolved config (after overrides), or its error", _print_config),
+        ("describe", "print the model a job builds: modules, parameters, FLOPs per window", _print_model),
+    ):
+        p = sub.add_parser(name, help=help)
+        _job_args(p)
+        p.set_defaults(func=lambda args, show=show: show(load_job(args.job, args.overrides)))
 
 
 def _tracking_arg(p: argparse.ArgumentParser) -> None:
@@ -136,7 +125,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     inputs = p.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--videos", help="folder of raw videos (decoded and cropped as pack does)")
     inputs.add_argument("--shards", help="packed shards root (or one split folder)")
-    p.add_argument("--split", action="append", default=None, help="shard split(s) to predict (default: all)")
+    p.add_argument("--split", dest="splits", action="append", default=None,
+                   help="shard split(s) to predict (default: all)")
     p.add_argument("--out", required=True, help="output folder: <track>.txt submissions + <track>.npy probabilities")
     p.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window/2)")
     p.add_argument("--smooth", type=int, default=None, metavar="FRAMES",
@@ -148,30 +138,11 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zip", action="store_true", help="also write OUT/<task>/submission.zip, the archive ABAW uploads per task")
     _tracking_arg(p)
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.predict.predict import PredictOptions, predict
 
-        summary = predict(
-            PredictOptions(
-                run=args.run,
-                checkpoint=args.checkpoint,
-                model_uri=args.model_uri,
-                videos=args.videos,
-                shards=args.shards,
-                splits=args.split,
-                out=args.out,
-                stride=args.stride,
-                smooth=args.smooth,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                device=args.device,
-                tracking_uri=args.tracking_uri,
-                output=args.output,
-                zip=args.zip,
-            )
-        )
-        print(summary)
-        return 0
+        return predict(PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions)
+                                         if hasattr(args, f.name)}))
 
     p.set_defaults(func=run)
 
@@ -182,11 +153,9 @@ def _demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job", default="jobs/demo.yaml", help="job file to train")
     p.add_argument("--quick", action="store_true", help="a small corpus and a short run (minutes -> seconds)")
     p.add_argument("--retrain", action="store_true", help="train again even if this exact job already finished")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a job key"
-    )
+    add_overrides_arg(p)
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.demo import DemoOptions, run_demo
 
         run_demo(
@@ -205,7 +174,7 @@ def _ui(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=5000)
     _tracking_arg(p)
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.runs.listing import resolve_tracking_uri
         from mmexpr.runs.ui import serve_forever
 
@@ -224,7 +193,7 @@ def _runs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=50)
     _tracking_arg(p)
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.runs.listing import (
             compare_table,
             find_run,
@@ -249,17 +218,12 @@ def _runs(sub: argparse._SubParsersAction) -> None:
 def _sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every combination of --grid values as runs tagged with one sweep id")
     _job_args(p)
-    p.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="values to sweep for one config key, e.g. --grid model.fusion=bi,concat (repeatable)",
-    )
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to sweep for one config key, e.g. --grid model.fusion=bi,concat (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the variants and stop")
     p.add_argument("--id", dest="sweep_id", help="sweep id (default: job name + time); reuse one to add variants")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.submit.sweep import run_sweep
 
         run_sweep(args.job, args.grid, args.overrides, dry_run=args.dry_run, sweep_id=args.sweep_id)
@@ -291,10 +255,10 @@ def _pack(sub: argparse._SubParsersAction) -> None:
                         "(default: frame for a `mmexpr synth` corpus, else detect)")
     p.add_argument("--min-face", type=int, default=None, help="smallest face side the detector searches for, pixels (default 24)")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.data.pack import pack_corpus
 
-        summary = pack_corpus(
+        return pack_corpus(
             args.source,
             args.out,
             splits=args.splits,
@@ -308,8 +272,6 @@ def _pack(sub: argparse._SubParsersAction) -> None:
             faces=args.faces,
             **({"min_face": args.min_face} if args.min_face is not None else {}),
         )
-        print(summary)
-        return 0
 
     p.set_defaults(func=run)
 
@@ -321,11 +283,10 @@ def _faces(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview", action="store_true", help="also write <video>.png: frames with their boxes")
     p.add_argument("--min-face", type=int, default=24, help="smallest face side searched for, pixels (default 24)")
 
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> object:
         from mmexpr.faces.video import faces_command
 
-        print(faces_command(args.input, args.out, preview=args.preview, min_face=args.min_face))
-        return 0
+        return faces_command(args.input, args.out, preview=args.preview, min_face=args.min_face)
 
     p.set_defaults(func=run)
 
@@ -339,14 +300,9 @@ def _train(sub: argparse._SubParsersAction) -> None:
         help="continue a run (same MLflow run, same step count): this job's latest, a run id, or a "
         "run / checkpoints / checkpoint folder",
     )
-    from mmexpr.submit.commands import add_target_args
-
     add_target_args(p)
 
-    def run(args: argparse.Namespace) -> int:
-        from mmexpr.config import load_job
-        from mmexpr.submit.commands import submit_elsewhere
-
+    def run(args: argparse.Namespace) -> object:
         job = load_job(args.job, args.overrides)
         code = submit_elsewhere(job, args)
         if code is not None:
@@ -360,15 +316,11 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(sub: argparse._SubParsersAction) -> None:
-    from mmexpr.bench import NAMES
-
     p = sub.add_parser("bench", help="run a benchmark (mmexpr/bench/NAME.py) and print its ratio table")
     p.add_argument("name", choices=NAMES, help="benchmark: " + ", ".join(NAMES))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (NAME --help lists them)")
 
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
+    def run(args: argparse.Namespace) -> object:
         module = importlib.import_module(f"mmexpr.bench.{args.name}")
         return int(module.main(list(args.args)) or 0)
 
@@ -379,13 +331,9 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "jobs", help="jobs sent elsewhere: list this project's SLURM jobs (state, run id); status|logs|stop ID"
     )
-    from mmexpr.submit.commands import add_jobs_args
-
     add_jobs_args(p)
 
-    def run(args: argparse.Namespace) -> int:
-        from mmexpr.submit.commands import jobs_command
-
+    def run(args: argparse.Namespace) -> object:
         return jobs_command(args)
 
     p.set_defaults(func=run)
@@ -395,10 +343,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _synth,
     _pack,
     _faces,
-    _show_config,
+    _job_printers,
     _train,
     _evaluate,
-    _describe,
     _predict,
     _demo,
     _ui,
@@ -428,13 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        return int(args.func(args) or 0)
+        shown = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if shown is None or isinstance(shown, int):  # an exit status
+        return int(shown or 0)
+    print(shown)  # a command's summary: success
+    return 0
 
 
 if __name__ == "__main__":

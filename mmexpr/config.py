@@ -7,6 +7,7 @@ because a typo found after Ray has started eight workers costs minutes, not seco
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -280,6 +281,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
     return parts, value
+
+
+def add_overrides_arg(p: argparse.ArgumentParser, help: str = "override a config key, e.g. --set "
+                      "model.fusion=concat (repeatable)") -> None:
+    """`--set KEY=VALUE`: every command that loads a job takes its overrides the same way."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def _apply(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:

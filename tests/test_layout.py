@@ -109,3 +109,15 @@ def test_an_installed_package_runs_its_commands_from_any_folder(tmp_path: Path):
     assert "loader" in run("bench", "--help")
     described = run("describe", "jobs/demo.yaml")
     assert "job: demo" in described and "total" in described
+
+
+HEAVY = ("torch", "ray", "mlflow", "deepspeed", "transformers")
+
+
+def test_the_cli_starts_without_importing_heavy_libraries():
+    """`mmexpr --help` and argument errors answer at once: the heavy stacks load in handlers."""
+    code = ("import sys, mmexpr.cli; mmexpr.cli.build_parser(); "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == ""

@@ -80,7 +80,7 @@ def face_pixels(frames: np.ndarray, side: int = 16) -> np.ndarray:
 
 
 def track_features(tracks, context_s: float, every: int = 1) -> Features:
-    """Features of every `every`-th labelled frame of the tracks (predict.tracks.Track)."""
+    """Features of every `every`-th labelled frame of whole tracks (frames, labels, audio, fps)."""
     audio, face, labels = [], [], []
     for track in tracks:
         keep = np.flatnonzero(track.labels >= 0)[::every]

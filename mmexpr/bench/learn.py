@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.config import add_overrides_arg
 from mmexpr.synth.muxed import MuxedSpec
 
 FULL = MuxedSpec()
@@ -42,10 +43,21 @@ class NeuralResult:
 
 
 def _tracks(shards: Path, split: str, image_size: int) -> list:
-    from mmexpr.predict.tracks import ShardTracks
+    """Whole tracks of a split (predict streams pieces; the baselines need each track at once)."""
+    from mmexpr.data.encode import SAMPLE_RATE
+    from mmexpr.predict.tracks import ShardTracks, TrackBuffer
 
     data = ShardTracks(shards, [split], image_size)
-    return [track for i in range(len(data)) for track in data[i]]
+    tracks = []
+    for i in range(len(data.names)):
+        pieces = data.pieces(i)
+        first = next(pieces)
+        track = TrackBuffer(first, SAMPLE_RATE)
+        track.add(first)
+        for piece in pieces:
+            track.add(piece)
+        tracks.append(track)
+    return tracks
 
 
 def run_baselines(shards: Path, image_size: int, context_s: float) -> dict:
@@ -109,8 +121,7 @@ def main(argv: list[str]) -> int:
                    help="6 actors x 24 utterances instead of 24 x 60, one worker, 300 steps (tests)")
     p.add_argument("--dir", default="bench-learn", help="working folder: corpus, shards, runs, predictions")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model.modalities to train")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the job for every variant (repeatable)")
+    add_overrides_arg(p, help="override a key of the job for every variant (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     args = p.parse_args(argv)
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import io
 import json
 import wave
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -55,9 +54,11 @@ from mmexpr.faces.track import TrackerSettings
 from mmexpr.faces.video import (
     FaceVideoError,
     VideoFaces,
+    VideoReadError,
     cache_matches,
     detect_video,
     faces_for_tracks,
+    source_frames,
 )
 from mmexpr.labels import IGNORE, NUM_CLASSES, TASKS, FitResult, LabelFileError, fit_to_frames
 
@@ -65,10 +66,6 @@ SAMPLE_RATE = 16000
 SCALE_EXACT = Interpolation.BILINEAR | Interpolation.BITEXACT
 M_PERTURB = -6  # mallopt parameter of glibc's malloc.h
 PERTURB_BYTE = 0x5A
-
-
-class VideoReadError(Exception):
-    """The video cannot be read to its end; the pack run skips it and names the reason."""
 
 
 @dataclass(frozen=True)
@@ -243,41 +240,6 @@ def fixed_fresh_memory() -> None:
         libc.mallopt(M_PERTURB, PERTURB_BYTE)
     except (OSError, AttributeError):
         return
-
-
-def source_frames(path: str, decode: bool) -> Iterator[av.VideoFrame | None]:
-    """Every frame of the first video stream in order (None per frame when not decoding).
-
-    Without decoding, packets are counted instead: enough when every track has crops.
-    A decode error or a container that ends early raises VideoReadError.
-    """
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise VideoReadError(f"cannot open: {exc}") from None
-    with container:
-        if not container.streams.video:
-            raise VideoReadError("no video stream")
-        stream = container.streams.video[0]
-        declared = stream.frames
-        count = 0
-        try:
-            if decode:
-                stream.thread_type = "AUTO"
-                for frame in container.decode(stream):
-                    count += 1
-                    yield frame
-            else:
-                for packet in container.demux(stream):
-                    if packet.size:
-                        count += 1
-                        yield None
-        except av.error.FFmpegError as exc:
-            raise VideoReadError(f"decoding stopped after {count} frames: {exc}") from None
-        if count == 0:
-            raise VideoReadError("no frames decoded")
-        if declared and declared - count > max(2, declared // 100):
-            raise VideoReadError(f"truncated: decoded {count} of the {declared} frames the container declares")
 
 
 def open_rate(path: str) -> Fraction:

@@ -397,32 +397,26 @@ class BatchBuilder:
 # ---------------------------------------------------------------- the dataset and the loader
 
 
+@dataclass(eq=False)
 class WindowDataset(IterableDataset):
     """One rank's stream; each DataLoader worker plays its own slot of the plan.
 
     Yields (batch, epoch, worker, SkipTally so far) so the main process can keep the state.
     """
 
-    def __init__(
-        self,
-        manifest: Manifest,
-        layout: Layout,
-        image_size: int,
-        sample_rate: int,
-        start_epoch: int,
-        skip: list[int],
-        audio_context_s: float = 0.0,
-        augment: Augment | None = None,
-    ) -> None:
-        self.manifest = manifest
-        self.layout = layout
-        self.image_size = image_size
-        self.sample_rate = sample_rate
-        self.start_epoch = start_epoch
-        self.skip = skip  # batches to skip, per worker
-        self.verify = True
-        self.audio_context_s = audio_context_s
-        self.augment = augment if layout.train else None  # evaluation sees the data as packed
+    manifest: Manifest
+    layout: Layout
+    image_size: int
+    sample_rate: int
+    start_epoch: int
+    skip: list[int]  # batches to skip, per worker
+    audio_context_s: float = 0.0
+    augment: Augment | None = None
+    verify: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.layout.train:
+            self.augment = None  # evaluation sees the data as packed
 
     def __iter__(self):
         info = get_worker_info()

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 
 from mmexpr.errors import UserError
@@ -32,6 +33,11 @@ from mmexpr.progress import Progress
 CSV_HEADER = ("frame", "track", "x1", "y1", "x2", "y2", "score")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 CACHE_VERSION = 1
+
+
+class VideoReadError(Exception):
+    """The video cannot be read to its end; pack skips it and names the reason, the face
+    tracker raises FaceVideoError with the file's name."""
 
 
 class FaceVideoError(UserError, ValueError):
@@ -93,24 +99,48 @@ def cache_matches(faces: VideoFaces, path: str, detector: DetectorSettings, trac
     return faces.settings == face_settings(detector, tracker) and faces.size_bytes == os.path.getsize(path)
 
 
-def rgb_frames(path: str) -> Iterator[np.ndarray]:
-    """Every frame of the first video stream as RGB uint8 [H, W, 3]."""
-    import av
+def source_frames(path: str, decode: bool) -> Iterator[av.VideoFrame | None]:
+    """Every frame of the first video stream in order (None per frame when not decoding).
 
+    Without decoding, packets are counted instead: enough when every track has crops.
+    A decode error or a container that ends early raises VideoReadError.
+    """
     try:
         container = av.open(path)
     except (av.error.FFmpegError, OSError) as exc:
-        raise FaceVideoError(f"{path}: cannot open ({exc})") from None
+        raise VideoReadError(f"cannot open: {exc}") from None
     with container:
         if not container.streams.video:
-            raise FaceVideoError(f"{path}: no video stream")
+            raise VideoReadError("no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        declared = stream.frames
+        count = 0
         try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+            if decode:
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    count += 1
+                    yield frame
+            else:
+                for packet in container.demux(stream):
+                    if packet.size:
+                        count += 1
+                        yield None
         except av.error.FFmpegError as exc:
-            raise FaceVideoError(f"{path}: decoding stopped ({exc})") from None
+            raise VideoReadError(f"decoding stopped after {count} frames: {exc}") from None
+        if count == 0:
+            raise VideoReadError("no frames decoded")
+        if declared and declared - count > max(2, declared // 100):
+            raise VideoReadError(f"truncated: decoded {count} of the {declared} frames the container declares")
+
+
+def rgb_frames(path: str) -> Iterator[np.ndarray]:
+    """Every frame of the first video stream as RGB uint8 [H, W, 3]; errors name the file."""
+    try:
+        for frame in source_frames(path, decode=True):
+            yield frame.to_ndarray(format="rgb24")
+    except VideoReadError as exc:
+        raise FaceVideoError(f"{path}: {exc}") from None
 
 
 def detect_video(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,16 +76,16 @@ class PredictOptions:
 class PredictSummary:
     out: str
     source: str
-    tracks: int = 0
-    frames: int = 0
-    seconds: float = 0.0
-    window: int = 0
-    stride: int = 0
-    device: str = "cpu"
-    problems: list[str] = field(default_factory=list)
-    scores: Scores | None = None  # EXPR, when the inputs carry labels (shards, annotated videos)
-    task_scores: TaskScores = field(default_factory=TaskScores)  # every task with labels in the input
-    tasks: tuple[str, ...] = ("expr",)
+    tracks: int
+    frames: int
+    seconds: float
+    window: int
+    stride: int
+    device: str
+    problems: list[str]
+    scores: Scores | None  # EXPR, when the inputs carry labels (shards, annotated videos)
+    task_scores: TaskScores  # every task with labels in the input
+    tasks: tuple[str, ...]
     archive: str = ""
 
     def __str__(self) -> str:

@@ -344,8 +344,8 @@ class VideoTracks(TrackPieces):
         self.settings = settings
 
     def _job(self, video: str):
-        from mmexpr.data.encode import source_frames
         from mmexpr.data.sources import video_tracks
+        from mmexpr.faces.video import source_frames
 
         path = self.videos[video]
         frames = sum(1 for _ in source_frames(str(path), decode=False))
