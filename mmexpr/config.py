@@ -92,6 +92,8 @@ class ModelConfig(_Strict):
     fusion_heads: int = Field(4, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="chance to drop a modality per window in training")
+    unimodal_weight: float = Field(0.0, ge=0.0, description="with both modalities: weight of the EXPR loss of "
+                                   "a head on each stream before fusion (0: off)")
     tasks: list[Literal["expr", "va", "au"]] = Field(
         default_factory=lambda: ["expr"],
         description="frame tasks, one head each on the fused features: expr (8 classes), va (valence, "

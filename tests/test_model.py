@@ -65,6 +65,8 @@ SWITCHES = [
     {"loss": "focal"},
     {"contrastive_weight": 0.0},
     {"modality_dropout": 0.5},
+    {"unimodal_weight": 0.5, "modality_dropout": 0.5},
+    {"audio": EncoderConfig(name="tiny-logmel")},
     {"text": EncoderConfig(name="tiny-minilm", train="full")},
 ]
 
@@ -86,6 +88,7 @@ def test_forward_shapes_masks_and_losses_for_every_switch(changes):
     assert set(out["loss_parts"]) == (
         {"focal" if cfg.loss == "focal" else "ce"}
         | ({"contrastive"} if cfg.contrastive_weight > 0 else set())
+        | ({"ce_video", "ce_audio"} if cfg.unimodal_weight > 0 else set())
     )
     assert (model.visual is None) == (cfg.modalities == "audio")
     assert (model.audio is None) == (cfg.modalities == "video")
@@ -116,8 +119,9 @@ ALL_TASKS = {"tasks": ["expr", "va", "au"]}
 @pytest.mark.parametrize("case", ["no labelled frame", "no audio", "fully masked", "no face", "expr labels only",
                                   "va labels only", "au labels only", "no task labels at all"])
 @pytest.mark.parametrize("changes", [{}, {"fusion": "concat"}, {"modalities": "audio"}, {"loss": "focal"}, ALL_TASKS,
-                                     {"tasks": ["va", "au"], "va_mse_weight": 0.5}],
-                         ids=["paper", "concat", "audio-only", "focal", "three-tasks", "va-au"])
+                                     {"tasks": ["va", "au"], "va_mse_weight": 0.5},
+                                     {"unimodal_weight": 0.5, "audio": EncoderConfig(name="tiny-logmel")}],
+                         ids=["paper", "concat", "audio-only", "focal", "three-tasks", "va-au", "unimodal-logmel"])
 def test_every_trainable_parameter_gets_a_gradient_whatever_the_batch_holds(case, changes):
     """ZeRO-1/2 reduce gradients in buckets built from the parameters that got one: if a rank's
     batch leaves a parameter out of the graph (a window of unlabelled frames, say), the ranks
@@ -197,6 +201,33 @@ def test_frames_without_a_face_are_a_missing_visual_input_carried_by_the_audio(c
     assert torch.isfinite(out).all() and out.shape == (2, 8, NUM_CLASSES)
     assert torch.allclose(out, again, atol=1e-5)
     assert not torch.allclose(seen, again, atol=1e-3)  # with the flag set, those pixels count
+
+
+def test_unimodal_heads_add_one_loss_per_stream_on_the_frames_that_stream_has():
+    """model.unimodal_weight: the video head's loss counts frames with a face, the audio head's
+    frames with audio, before modality dropout; the fused logits do not change."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg(), None).eval()
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(unimodal_weight=0.5), None).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    batch = _batch()
+    with torch.no_grad():
+        out, base = model(batch), plain(batch)
+    assert set(out["loss_parts"]) - set(base["loss_parts"]) == {"ce_video", "ce_audio"}
+    assert torch.allclose(out["logits"], base["logits"])
+    parts = out["loss_parts"]
+    expected = base["loss"] + 0.5 * (parts["ce_video"] + parts["ce_audio"])
+    assert torch.allclose(out["loss"], expected)
+    batch.face[:, :4] = False
+    with torch.no_grad():
+        faceless = model(batch)["loss_parts"]
+    batch.labels[:, :4] = (batch.labels[:, :4] + 1) % NUM_CLASSES  # labels of faceless frames only
+    with torch.no_grad():
+        relabelled = model(batch)["loss_parts"]
+    assert torch.allclose(faceless["ce_video"], relabelled["ce_video"])
+    assert not torch.allclose(faceless["ce_audio"], relabelled["ce_audio"])
+    assert build_model(tiny_cfg(modalities="audio", unimodal_weight=0.5), None).unimodal_heads is None
 
 
 def test_window_without_audio_is_masked_and_its_audio_samples_are_ignored():

@@ -219,3 +219,24 @@ def test_tiny_resnet_visual_gives_one_trainable_vector_per_frame():
     assert feats.shape == (6, encoder.dim)
     feats.sum().backward()
     assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+
+
+def test_logmel_audio_encoder_runs_at_50_steps_per_second_and_ignores_padding():
+    """The from-scratch speech front end: wav2vec2's feature rate (so frames align the same
+    way), valid steps from valid samples, and padding that changes nothing it outputs."""
+    encoder = build_audio(EncoderConfig(name="tiny-logmel", train="full"), "tiny").eval()
+    audio = torch.randn(2, 32000)
+    lengths = torch.tensor([32000, 16000])
+    hidden, steps = encoder(audio, lengths)
+    assert hidden.shape[:2] == (2, 101) and hidden.shape[2] == encoder.dim
+    assert steps.tolist() == [101, 51]
+    longer = torch.cat([audio[1:], torch.randn(1, 16000)], 1)  # more padding, other samples in it
+    again, again_steps = encoder(longer, lengths[1:])
+    assert again_steps.tolist() == [51] and again.shape[1] == 151
+    # the context statistics are over valid steps only: the padding's length changes nothing
+    assert torch.allclose(hidden[1, :51], again[0, :51], atol=1e-5)
+    encoder.train()
+    encoder(audio, lengths)[0].sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
+    with pytest.raises(NotImplementedError, match="checkpoint"):
+        encoder.save_pretrained("unused")

@@ -20,9 +20,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmexpr.bench.baselines import BaselineResult, run_baseline, track_features
 from mmexpr.bench.table import Ratio, print_table
-from mmexpr.config import add_overrides_arg
-from mmexpr.synth.muxed import MuxedSpec
+from mmexpr.config import add_overrides_arg, load_job
+from mmexpr.data.encode import SAMPLE_RATE
+from mmexpr.data.pack import pack_corpus
+from mmexpr.predict.predict import PredictOptions, predict
+from mmexpr.predict.tracks import ShardTracks, TrackBuffer
+from mmexpr.store import job_tracking_uri
+from mmexpr.synth.muxed import MuxedSpec, write_muxed_corpus
+from mmexpr.synth.real import NOT_TOGETHER
+from mmexpr.train.driver import run_training
 
 FULL = MuxedSpec()
 SMALL = MuxedSpec(actors=6, val_actors=1, test_actors=1, clips_per_actor=24)
@@ -44,9 +52,6 @@ class NeuralResult:
 
 def _tracks(shards: Path, split: str, image_size: int) -> list:
     """Whole tracks of a split (predict streams pieces; the baselines need each track at once)."""
-    from mmexpr.data.encode import SAMPLE_RATE
-    from mmexpr.predict.tracks import ShardTracks, TrackBuffer
-
     data = ShardTracks(shards, [split], image_size)
     tracks = []
     for i in range(len(data.names)):
@@ -61,8 +66,6 @@ def _tracks(shards: Path, split: str, image_size: int) -> list:
 
 
 def run_baselines(shards: Path, image_size: int, context_s: float) -> dict:
-    from mmexpr.bench.baselines import run_baseline, track_features
-
     feats = {
         split: track_features(_tracks(shards, split, image_size), context_s, BASELINE_EVERY if split == "train" else 1)
         for split in ("train", "validation", "test")
@@ -74,11 +77,6 @@ def run_baselines(shards: Path, image_size: int, context_s: float) -> dict:
 
 
 def train_variant(job_file: str, overrides: list[str], variant: str, shards: Path, work: Path) -> NeuralResult:
-    from mmexpr.config import load_job
-    from mmexpr.predict.predict import PredictOptions, predict
-    from mmexpr.store import job_tracking_uri
-    from mmexpr.train.driver import run_training
-
     begin = time.perf_counter()
     job = load_job(job_file, [*overrides, f"data.shards={shards}", f"output={work / 'runs'}",
                               f"model.modalities={variant}", f"name=learn-{variant}",
@@ -114,45 +112,52 @@ def learn_table(neural: list[NeuralResult], baselines: dict) -> tuple[list[Ratio
     return rows, notes
 
 
+@dataclass(frozen=True)
+class LearnOutcome:
+    neural: list[NeuralResult]
+    baselines: dict[str, BaselineResult]
+    overrides: list[str]
+    seconds: float
+
+
+def run_learn(job_file: str, spec: MuxedSpec, overrides: list[str], work: Path, variants: list[str],
+              baselines: bool = True) -> LearnOutcome:
+    """Corpus, shards, baselines and each variant's training and test prediction, in `work`."""
+    begin = time.perf_counter()
+    job = load_job(job_file, overrides)
+    corpus = work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips"
+    print(write_muxed_corpus(corpus, spec), flush=True)
+    shards = work / f"shards-{spec.actors}actors-{spec.clips_per_actor}clips-{job.data.image_size}px"
+    chunk = job.data.window * max(1, 64 // job.data.window)
+    pack_corpus(corpus, shards, chunk_frames=chunk, face_size=job.data.image_size, shard_mb=64, progress=False)
+    print(f"corpus and shards ready in {time.perf_counter() - begin:.0f} s", flush=True)
+    context = max(job.data.audio_context_s, job.data.window / spec.fps)
+    fitted = run_baselines(shards, job.data.image_size, context) if baselines else {}
+    neural = []
+    for variant in variants:
+        neural.append(train_variant(job_file, overrides, variant, shards, work))
+        print(f"{variant}: test macro F1 {neural[-1].test_f1:.3f}", flush=True)
+    return LearnOutcome(neural, fitted, overrides, time.perf_counter() - begin)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mmexpr bench learn", description=__doc__.split("\n\n")[0])
     p.add_argument("--job", default="jobs/from-scratch.yaml", help="job whose variants are trained")
     p.add_argument("--small", action="store_true",
-                   help="6 actors x 24 utterances instead of 24 x 60, one worker, 300 steps (tests)")
+                   help=f"{SMALL.actors} actors x {SMALL.clips_per_actor} utterances instead of {FULL.actors} x "
+                        f"{FULL.clips_per_actor}, one worker ({' '.join(SMALL_OVERRIDES)})")
     p.add_argument("--dir", default="bench-learn", help="working folder: corpus, shards, runs, predictions")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model.modalities to train")
     add_overrides_arg(p, help="override a key of the job for every variant (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     args = p.parse_args(argv)
-
-    from mmexpr.config import load_job
-    from mmexpr.data.pack import pack_corpus
-    from mmexpr.synth.muxed import write_muxed_corpus
-
-    begin = time.perf_counter()
     spec = SMALL if args.small else FULL
     overrides = (SMALL_OVERRIDES if args.small else []) + args.overrides
-    work = Path(args.dir).absolute()
-    job = load_job(args.job, overrides)
-    print(write_muxed_corpus(work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips", spec), flush=True)
-    corpus = work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips"
-    shards = work / f"shards-{spec.actors}actors-{spec.clips_per_actor}clips-{job.data.image_size}px"
-    chunk = job.data.window * max(1, 64 // job.data.window)
-    pack_corpus(corpus, shards, chunk_frames=chunk, face_size=job.data.image_size, shard_mb=64, progress=False)
-    print(f"corpus and shards ready in {time.perf_counter() - begin:.0f} s", flush=True)
-
-    context = max(job.data.audio_context_s, job.data.window / spec.fps)
-    baselines = {} if args.no_baselines else run_baselines(shards, job.data.image_size, context)
-    neural = []
-    for variant in [v for v in args.variants.split(",") if v]:
-        neural.append(train_variant(args.job, overrides, variant, shards, work))
-        print(f"{variant}: test macro F1 {neural[-1].test_f1:.3f}", flush=True)
-    rows, notes = learn_table(neural, baselines)
-    from mmexpr.synth.real import NOT_TOGETHER
-
+    outcome = run_learn(args.job, spec, overrides, Path(args.dir).absolute(),
+                        [v for v in args.variants.split(",") if v], baselines=not args.no_baselines)
+    rows, notes = learn_table(outcome.neural, outcome.baselines)
     notes += [f"note: {NOT_TOGETHER}",
-              f"job {args.job} {' '.join('--set ' + o for o in overrides)}; "
-              f"{time.perf_counter() - begin:.0f} s in all"]
+              f"job {args.job} {' '.join('--set ' + o for o in overrides)}; {outcome.seconds:.0f} s in all"]
     if rows:
         print_table("bench learn (test actors unseen in training and validation)", rows, notes)
     else:

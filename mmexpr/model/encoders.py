@@ -26,6 +26,7 @@ from torch import nn
 
 from mmexpr.config import EncoderConfig
 from mmexpr.errors import UserError
+from mmexpr.model.logmel import LogMelEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -448,9 +449,13 @@ def _tiny_audio_config(name: str):
 
 
 def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") -> AudioEncoder:
-    """Wav2Vec2 by default; HuBERT, WavLM (or any AutoModel speech encoder) by name."""
+    """Wav2Vec2 by default; HuBERT, WavLM (or any AutoModel speech encoder) by name. The tiny
+    preset builds a small random one of the family, or the log-mel encoder (model/logmel.py)
+    when the name says `logmel`: the front end that learns speech from scratch."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
+    if preset == "tiny" and "logmel" in spec.name.lower():
+        return AudioEncoder(LogMelEncoder(), spec)
     if preset == "tiny":
         return AudioEncoder(AutoModel.from_config(_tiny_audio_config(spec.name)), spec)
     if preset == "scratch":

@@ -81,6 +81,13 @@ class ExprModel(nn.Module):
         )
         self.tasks = tuple(cfg.tasks)
         self.head = FrameHead(d, cfg.dropout) if "expr" in self.tasks else None
+        # A head on each stream before fusion: trained with its own loss, each stream learns to
+        # carry the expression by itself, so the fused sum does not lean on whichever learns first.
+        self.unimodal_heads = (
+            nn.ModuleDict({"video": FrameHead(d, cfg.dropout), "audio": FrameHead(d, cfg.dropout)})
+            if both and self.head is not None and cfg.unimodal_weight > 0
+            else None
+        )
         weights = (
             class_weights_from_counts(class_counts) if cfg.class_weights and class_counts else None
         )
@@ -132,12 +139,17 @@ class ExprModel(nn.Module):
                 a, feat_len, batch.audio_len, batch.fps, frames, AUDIO_RATE, batch.audio_offset
             )
             audio_mask = audio_mask & mask
+        audio_present = audio_mask  # before modality dropout (the unimodal heads see every input)
         if self.training and self.fusion is not None:
             video_mask, audio_mask = modality_dropout(
                 video_mask, audio_mask, self.cfg.modality_dropout
             )
+        unimodal: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if v is not None:
             v = self.temporal(v, visible)
+            if self.unimodal_heads is not None:
+                unimodal = {"video": (self.unimodal_heads["video"](v), visible),
+                            "audio": (self.unimodal_heads["audio"](a), audio_present)}
             fused = self.fusion(v, a, video_mask, audio_mask).fused if a is not None else v
         else:
             a = self.temporal(a, mask)
@@ -150,7 +162,7 @@ class ExprModel(nn.Module):
         if self.au_head is not None:
             out["au_logits"] = self.au_head(fused)
         if any(x is not None for x in (batch.labels, batch.va, batch.au)):
-            out.update(self.losses(out, fused, batch, mask))
+            out.update(self.losses(out, fused, batch, mask, unimodal))
         return out
 
     def class_embeddings(self) -> torch.Tensor:
@@ -163,9 +175,11 @@ class ExprModel(nn.Module):
             return self.class_text
         return class_text_embeddings(self.text, self.prompts)
 
-    def losses(self, out: dict, fused: torch.Tensor, batch: Batch, mask: torch.Tensor) -> dict:
+    def losses(self, out: dict, fused: torch.Tensor, batch: Batch, mask: torch.Tensor,
+               unimodal: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
         """Each task's loss on its known, unpadded frames (a batch without a task's labels gives 0
-        for it, graph kept), weighted by model.task_weights."""
+        for it, graph kept), weighted by model.task_weights; `unimodal`: each stream's logits
+        and the frames where that stream has input (model.unimodal_weight)."""
         weight = self.cfg.task_weights
         parts: dict[str, torch.Tensor] = {}
         total = fused.sum() * 0.0
@@ -180,6 +194,9 @@ class ExprModel(nn.Module):
                     fused, self.class_embeddings().to(fused.dtype), labels
                 )
                 expr = expr + self.cfg.contrastive_weight * parts["contrastive"]
+            for stream, (logits, present) in (unimodal or {}).items():
+                parts[f"{name}_{stream}"] = self.frame_loss(logits, labels.masked_fill(~present, IGNORE))
+                expr = expr + self.cfg.unimodal_weight * parts[f"{name}_{stream}"]
             total = total + weight.get("expr", 1.0) * expr
         if self.va_head is not None:
             va = _labels_or_unknown(batch.va, (*mask.shape, 2), float("nan"), torch.float32, mask.device)
