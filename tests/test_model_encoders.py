@@ -240,3 +240,16 @@ def test_logmel_audio_encoder_runs_at_50_steps_per_second_and_ignores_padding():
     assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
     with pytest.raises(NotImplementedError, match="checkpoint"):
         encoder.save_pretrained("unused")
+
+
+def test_a_released_speech_checkpoint_loads_without_layer_drop_or_time_masks(tmp_path):
+    """wav2vec2-base ships layerdrop 0.1: a layer skipped on one rank only leaves its parameters
+    without a gradient there, and ZeRO's ranks then reduce different buckets."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                            layerdrop=0.1, mask_time_prob=0.05)
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
+    encoder = build_audio(EncoderConfig(name=str(tmp_path / "w2v"), train="full"), "pretrained")
+    assert encoder.backbone.config.layerdrop == 0.0 and encoder.backbone.config.mask_time_prob == 0.0

@@ -326,3 +326,26 @@ def test_real_faces_and_speech_pack_and_load(shared_data: Path, tmp_path: Path, 
     source_rms = float(np.sqrt(np.mean(clip**2)))
     assert 0.5 * source_rms < np.sqrt(energy / voiced) < 2 * source_rms  # real speech, not silence
     assert loader.skipped == 0
+
+
+def test_packed_chunks_have_a_keyframe_every_gop_and_no_b_frames():
+    """The loader's seek cost rests on this: a window decodes from the keyframe before it, in
+    order. (x264's `bframes` is `bf` to FFmpeg; the other spelling is silently ignored.)"""
+    from fractions import Fraction
+
+    import av
+
+    from mmexpr.data.encode import ChunkEncoder, PackSettings
+
+    settings = PackSettings(chunk_frames=32, face_size=64)
+    encoder = ChunkEncoder(settings, Fraction(25))
+    rng = np.random.default_rng(0)
+    for k in range(32):
+        image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) if k % 2 else np.full((64, 64, 3), k * 7, np.uint8)
+        encoder.add(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p"), True)
+    [(first, frames, mp4, _)] = encoder.chunks
+    with av.open(io.BytesIO(mp4)) as container:
+        kinds = [av.video.frame.PictureType(frame.pict_type).name for frame in container.decode(video=0)]
+    assert (first, frames, len(kinds)) == (0, 32, 32)
+    assert "B" not in kinds
+    assert [k for k, kind in enumerate(kinds) if kind == "I"] == list(range(0, 32, settings.gop))

@@ -290,7 +290,7 @@ class ChunkEncoder:
                 "crf": str(s.crf),
                 "preset": s.preset,
                 "tune": s.tune,
-                "bframes": "0",
+                "bf": "0",  # FFmpeg's name for x264's bframes (an unknown key is silently ignored)
                 "threads": "1",
                 "keyint_min": str(s.gop),
                 "sc_threshold": "0",

@@ -70,14 +70,17 @@ def _clip_b16_text(tokenizer):
     )
 
 
+# Off in every speech encoder this project builds or loads: a dropped layer leaves its
+# parameters without a gradient on one rank (ZeRO's gradient buckets then disagree across
+# ranks), and time masks need windows longer than their span.
+TRAINING_ONLY_NOISE = ("layerdrop", "mask_time_prob", "mask_feature_prob")
+
+
 def _wav2vec2_base():
     from transformers import Wav2Vec2Config
 
-    # facebook/wav2vec2-base: transformers' defaults are that model. Layer drop and SpecAugment
-    # are off: a dropped layer leaves its parameters without a gradient on one rank (ZeRO's
-    # gradient buckets then disagree across ranks), and time masks need windows longer than
-    # their span.
-    return Wav2Vec2Config(layerdrop=0.0, mask_time_prob=0.0, mask_feature_prob=0.0)
+    # facebook/wav2vec2-base: transformers' defaults are that model, without TRAINING_ONLY_NOISE.
+    return Wav2Vec2Config(**dict.fromkeys(TRAINING_ONLY_NOISE, 0.0))
 
 
 # Hub id -> (tower, config builder) for `model.preset: scratch`.
@@ -461,8 +464,11 @@ def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") ->
     if preset == "scratch":
         return AudioEncoder(AutoModel.from_config(scratch_config(spec.name, "audio", field)), spec)
     source = resolve_source(spec.name)
-    _load(AutoConfig, source, f"{field}.name")
-    backbone = _load(AutoModel, source, f"{field}.name")
+    config = _load(AutoConfig, source, f"{field}.name")
+    for key in TRAINING_ONLY_NOISE:  # released checkpoints ship them on (wav2vec2-base: layerdrop 0.1)
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    backbone = _load(AutoModel, source, f"{field}.name", config=config)
     try:
         normalize = bool(
             getattr(AutoFeatureExtractor.from_pretrained(source), "do_normalize", True)
