@@ -3,7 +3,7 @@
     synth     -> mmexpr/synth/corpus.py     demo corpus in Aff-Wild2 layout
     faces     -> mmexpr/faces/video.py      raw video -> face tracks (detector, tracker, aligned crops)
     pack      -> mmexpr/data/pack.py        videos + labels -> WebDataset shards + manifest
-    (load)    -> mmexpr/data/loader.py      shards -> decord -> windows (inside training)
+    (load)    -> mmexpr/data/loader.py      shards -> decode.py (PyAV, OpenCV) -> windows (inside training)
     describe  -> mmexpr/model/model.py      the model a job builds
     train     -> mmexpr/train/driver.py     Ray Train workers with DeepSpeed, MLflow
     predict   -> mmexpr/predict/predict.py  sliding windows -> ABAW submission files

@@ -39,7 +39,7 @@ The plan is a pure function of (manifest, seed, epoch, rank, worker), so the loa
 is just the number of batches consumed: on restore every worker re-plans and skips its
 share without decoding anything. Shards are read with webdataset's tar iterator (local
 paths, `pipe:` and http via webdataset, other URLs such as s3:// via fsspec); videos are
-decoded with decord from the bytes in memory. A sample that fails to read or decode is
+decoded from the bytes in memory (decode.py: PyAV and OpenCV). A sample that fails to read or decode is
 skipped and counted (`loader.skipped`, and per shard in `loader.tally()`); its windows
 become fully masked windows so the batch count, and with it the restore position, stays
 the same. A local shard whose sha256 differs from the manifest's is not read at all (its

@@ -26,12 +26,16 @@ HOP = 320  # samples per step at 16 kHz: 50 steps per second, like wav2vec2
 
 @dataclass(frozen=True)
 class LogMelConfig:
+    """The fields `AudioEncoder` reads from a Hugging Face speech config, then the network's own."""
+
+    # "layer": AudioEncoder passes the valid-sample mask (the statistics need it).
+    feat_extract_norm: str = "layer"
     hidden_size: int = 128
+    sample_rate: int = 16000
+    # the network: mel bands, convolution layers and their kernel
     n_mels: int = 64
     layers: int = 3
     kernel: int = 5
-    sample_rate: int = 16000
-    feat_extract_norm: str = "layer"  # AudioEncoder passes the valid-sample mask (for the statistics)
 
 
 class LogMelEncoder(nn.Module):

@@ -155,6 +155,7 @@ class ExprModel(nn.Module):
             a = self.temporal(a, mask)
             fused = a * audio_mask.unsqueeze(-1).to(a.dtype)
         out = {"embeddings": fused, "audio_mask": audio_mask}
+        out.update({f"logits_{stream}": logits for stream, (logits, _) in unimodal.items()})
         if self.head is not None:
             out["logits"] = self.head(fused)
         if self.va_head is not None:
