@@ -22,11 +22,18 @@ from pathlib import Path
 
 from mmexpr import store
 from mmexpr.config import JobConfig, load_job
+from mmexpr.data.pack import PackError, pack_corpus
+from mmexpr.data.sources import challenge_folder
 from mmexpr.errors import UserError
 from mmexpr.labels import split_track
 from mmexpr.metrics import Scores
+from mmexpr.predict.evaluate import evaluate_dirs
+from mmexpr.predict.predict import PredictOptions, predict
+from mmexpr.runs.ui import runs_url
 from mmexpr.store import job_tracking_uri
-from mmexpr.synth.corpus import SynthSpec
+from mmexpr.synth.corpus import FORMAT_VERSION, SynthSpec, write_corpus
+from mmexpr.train import checkpoint as ckpt
+from mmexpr.train.driver import run_training
 
 DEMO_TAG = "mmexpr.demo_job"
 SCORE_NAMES = {"expr": "EXPR macro F1", "va": "VA mean CCC", "au": "AU mean F1"}
@@ -73,13 +80,9 @@ def corpus_dir(workdir: Path, size: SynthSpec) -> Path:
 
 def make_corpus(workdir: Path, size: SynthSpec) -> Path:
     """The synthetic corpus, written once per size; an existing one is reused as is."""
-    from mmexpr.synth.corpus import write_corpus
-
     out = corpus_dir(workdir, size)
     facts = out / "corpus.json"
     if facts.is_file():
-        from mmexpr.synth.corpus import FORMAT_VERSION
-
         written = json.loads(facts.read_text())
         settings = written.get("settings", {})
         same = settings.get("videos") == size.videos and settings.get("seconds") == size.seconds
@@ -92,8 +95,6 @@ def make_corpus(workdir: Path, size: SynthSpec) -> Path:
 
 def pack(corpus: Path, job: JobConfig, progress: bool) -> None:
     """Shards where the job reads them, chunked in whole windows and cropped at the model's size."""
-    from mmexpr.data.pack import PackError, pack_corpus
-
     chunk = job.data.window * max(1, 64 // job.data.window)
     try:
         print(pack_corpus(corpus, job.data.shards, chunk_frames=chunk, face_size=job.data.image_size, progress=progress))
@@ -121,7 +122,6 @@ def finished_run(job: JobConfig) -> str | None:
     exp = client.get_experiment_by_name(job.track.experiment)
     if exp is None:
         return None
-    from mmexpr.train import checkpoint as ckpt
 
     runs = client.search_runs(
         [exp.experiment_id],
@@ -143,8 +143,6 @@ def finished_run(job: JobConfig) -> str | None:
 
 def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
     """(run id, reused?) — trains unless an identical finished run exists."""
-    from mmexpr.train.driver import run_training
-
     if not retrain:
         found = finished_run(job)
         if found:
@@ -159,11 +157,6 @@ def train(job: JobConfig, retrain: bool) -> tuple[str, bool]:
 
 def run_demo(opts: DemoOptions) -> DemoResult:
     """Every stage in order; prints what it does and the final scores."""
-    from mmexpr.data.sources import challenge_folder
-    from mmexpr.predict.evaluate import evaluate_dirs
-    from mmexpr.predict.predict import PredictOptions, predict
-    from mmexpr.runs.ui import runs_url
-
     begin = time.perf_counter()
     workdir = Path(opts.workdir)
     size = QUICK if opts.quick else FULL

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
+
 DEFAULT_INTERVAL = 10.0
 
 
@@ -58,8 +60,6 @@ class Progress:
         self.printed: tuple | None = None  # (done, values) of the last line printed
         self.bar = None
         if enabled and self.stream.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
                             dynamic_ncols=True, mininterval=0.5)
 

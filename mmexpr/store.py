@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 DEFAULT_OUTPUT = "runs"
 
 
@@ -78,6 +80,4 @@ def choose_store(job) -> Store:
 
 def client(uri: str):
     """An MlflowClient whose tracking and registry are both `uri` (the registry lives beside the runs)."""
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio
 
 from mmexpr.labels import NUM_CLASSES
 from mmexpr.metrics import score
@@ -43,8 +44,6 @@ class Features:
 
 def mfcc(audio: np.ndarray, sample_rate: int, n_mfcc: int = 20) -> np.ndarray:
     """[frames at MFCC_RATE, n_mfcc] of one waveform."""
-    import torchaudio
-
     transform = torchaudio.transforms.MFCC(
         sample_rate=sample_rate, n_mfcc=n_mfcc,
         melkwargs={"n_fft": 400, "hop_length": sample_rate // MFCC_RATE, "n_mels": 40},

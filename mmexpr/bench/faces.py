@@ -28,8 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.faces.detect import Detector, DetectorSettings
+from mmexpr.faces.track import link
+from mmexpr.faces.video import detect_video, rgb_frames
+from mmexpr.synth.real import load_faces, require_shared_data, write_muxed_video
+from mmexpr.synth.scenes import SceneSpec, detectable_pool, make_scene, score_tracks
 
 AFF_WILD2_FRAMES = 2_600_000
 
@@ -46,14 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=16, help="cores of the node the projection is for")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-
-    import torch
-
-    from mmexpr.faces.detect import Detector, DetectorSettings
-    from mmexpr.faces.track import link
-    from mmexpr.faces.video import detect_video, rgb_frames
-    from mmexpr.synth.real import load_faces, require_shared_data, write_muxed_video
-    from mmexpr.synth.scenes import SceneSpec, detectable_pool, make_scene, score_tracks
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

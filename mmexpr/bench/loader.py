@@ -34,7 +34,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import decord
+import numpy as np
+import torch
+from PIL import Image
+
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.config import DataConfig
+from mmexpr.data import loader as loader_module
+from mmexpr.data.decode import decode_video
+from mmexpr.data.encode import PackSettings, pack_video
+from mmexpr.data.loader import make_loader, train_window_count
+from mmexpr.data.pack import pack_corpus
+from mmexpr.data.sources import discover, faces_mode
+from mmexpr.synth.corpus import SynthSpec, write_corpus
 
 
 def _cpu() -> float:
@@ -53,8 +67,6 @@ def _shard_members(shards: Path, split: str) -> list[dict[str, bytes]]:
 
 def measure_decode_bound(samples: list[dict[str, bytes]]) -> tuple[float, int, list]:
     """Frames/s decoding every frame once with the loader's decoder; also returns the frames."""
-    from mmexpr.data.decode import decode_video
-
     decode_video(samples[0]["mp4"])  # warm-up: imports (PyAV, OpenCV) and codec set-up stay out of the time
     begin = _cpu()
     frames = 0
@@ -68,8 +80,6 @@ def measure_decode_bound(samples: list[dict[str, bytes]]) -> tuple[float, int, l
 
 def measure_decord(samples: list[dict[str, bytes]]) -> float:
     """Frames/s of decord reading every frame to RGB, one thread (the decoder used before)."""
-    import decord
-
     decord.VideoReader(io.BytesIO(samples[0]["mp4"]), num_threads=1).get_batch([0])  # warm-up
     begin = _cpu()
     frames = 0
@@ -83,10 +93,6 @@ def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, e
                    workers: int = 0, verify: bool = True) -> tuple[float, int]:
     """Real frames delivered per CPU second of this process (workers=0), or per wall second
     with `workers` DataLoader processes; `verify` hashes every shard against the manifest."""
-    from mmexpr.config import DataConfig
-    from mmexpr.data import loader as loader_module
-    from mmexpr.data.loader import make_loader
-
     loader_module._VERIFIED.clear()  # hash every shard again, as a fresh DataLoader worker would
     data = DataConfig(window=window, image_size=face_size, batch_size=batch_size, loader_workers=workers,
                       shuffle_buffer=16, verify_shards=verify)
@@ -104,8 +110,6 @@ def measure_loader(shards: Path, face_size: int, window: int, batch_size: int, e
 
 def write_jpeg_folder(root: Path, decoded: list) -> tuple[list[list[Path]], int]:
     """One folder per chunk, one JPEG per frame (OpenCV default quality 95)."""
-    import cv2
-
     folders = []
     for c, frames in enumerate(decoded):
         folder = root / f"chunk{c:05d}"
@@ -120,15 +124,10 @@ def write_jpeg_folder(root: Path, decoded: list) -> tuple[list[list[Path]], int]
 
 
 def _read_opencv(path: Path):
-    import cv2
-
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _read_pil(path: Path):
-    import numpy as np
-    from PIL import Image
-
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
 
@@ -136,10 +135,6 @@ def _read_pil(path: Path):
 def measure_jpeg_windows(folders: list[list[Path]], read, window: int, batch_size: int, epochs: int) -> float:
     """The JPEG-folder version of the training loader: the same windows per chunk at random
     starts, each frame read from its own file, batched as [B, T, 3, H, W]. Frames/s."""
-    import numpy as np
-
-    from mmexpr.data.loader import train_window_count
-
     rng = np.random.default_rng(0)
     size = _read_opencv(folders[0][0]).shape[0]
     batch = np.zeros((batch_size, window, 3, size, size), np.uint8)
@@ -162,9 +157,6 @@ def measure_jpeg_windows(folders: list[list[Path]], read, window: int, batch_siz
 
 def measure_packing(corpus: Path, face_size: int, chunk_frames: int) -> float:
     """Seconds of video packed per CPU second, one video after another in this process."""
-    from mmexpr.data.encode import PackSettings, pack_video
-    from mmexpr.data.sources import discover, faces_mode
-
     jobs = discover(corpus).jobs
     settings = PackSettings(chunk_frames=chunk_frames, face_size=face_size, faces=faces_mode(corpus))
     pack_video(jobs[0], settings)  # warm-up: imports (torch for resampling), codec tables
@@ -189,11 +181,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workdir", default=None, help="keep corpus, shards and JPEGs here (default: a temp folder)")
     args = p.parse_args(argv)
 
-    import torch
-
     torch.set_num_threads(1)
-    from mmexpr.data.pack import pack_corpus
-    from mmexpr.synth.corpus import SynthSpec, write_corpus
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         work = Path(args.workdir or tmp)

@@ -21,7 +21,12 @@ import argparse
 import statistics
 import time
 
+import torch
+import torch.nn.functional as F
+
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.config import load_job
+from mmexpr.model.model import build_model, example_batch
 
 
 def _cpu_median(fn, repeats: int, warmup: int = 2) -> float:
@@ -51,12 +56,6 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
-
-    import torch
-    import torch.nn.functional as F
-
-    from mmexpr.config import load_job
-    from mmexpr.model.model import build_model, example_batch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -30,7 +30,19 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
+import torch
+
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.config import load_job
+from mmexpr.data.batch import frame_sample
+from mmexpr.data.encode import ChunkEncoder, PackSettings, encode_wav, sample_key
+from mmexpr.data.manifest import VERSION, Manifest, ShardInfo, write_manifest
+from mmexpr.data.pack import _write_tar
+from mmexpr.model.model import build_model
+from mmexpr.predict.predict import PredictOptions, predict_dataset
+from mmexpr.predict.tracks import ShardTracks
 
 GOAL_BYTES = 3e9
 FPS = 30
@@ -39,14 +51,6 @@ IMAGE_SIZE = 224
 
 def write_long_track(out: Path, frames: int, chunk: int = 64, face_size: int = 112) -> Path:
     """OUT/test/shard-000000.tar + manifest.json holding one track `long` of `frames` frames."""
-    import av
-    import numpy as np
-
-    from mmexpr.data.batch import frame_sample
-    from mmexpr.data.encode import ChunkEncoder, PackSettings, encode_wav, sample_key
-    from mmexpr.data.manifest import VERSION, Manifest, ShardInfo, write_manifest
-    from mmexpr.data.pack import _write_tar
-
     settings = PackSettings(chunk_frames=chunk, face_size=face_size)
     encoder = ChunkEncoder(settings, Fraction(FPS))
     ramp = np.linspace(0, 255, face_size, dtype=np.float32)
@@ -83,13 +87,6 @@ def write_long_track(out: Path, frames: int, chunk: int = 64, face_size: int = 1
 
 def _child(shards: str, out: str) -> None:
     """Predict the long track in this fresh process; print peak RSS of it and its worker."""
-    import torch
-
-    from mmexpr.config import load_job
-    from mmexpr.model.model import build_model
-    from mmexpr.predict.predict import PredictOptions, predict_dataset
-    from mmexpr.predict.tracks import ShardTracks
-
     torch.set_num_threads(1)
     job = load_job(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml", [f"data.image_size={IMAGE_SIZE}"])
     model = build_model(job.model).eval()

@@ -28,18 +28,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import queue as queues
+import resource
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from mmexpr.bench.table import Ratio, print_table
+from mmexpr.config import job_from_dict, load_job
+from mmexpr.model.model import build_model, example_batch
+from mmexpr.train import checkpoint as ckpt
+from mmexpr.train.engine import (
+    base_optimizer,
+    build_engine,
+    make_optimizer,
+    make_scheduler,
+    placement,
+    to_device,
+    zero_stage_for,
+)
 
 
 def paper_job(window: int, batch_size: int, steps: int, *extra: str):
     """`jobs/paper-e2e.yaml` at its real size (preset scratch, 224 px) with a short window:
     the model's size is what matters for memory and step time, not the window's."""
-    from mmexpr.config import load_job
-
     return load_job("jobs/paper-e2e.yaml", [
         "model.preset=scratch", f"data.window={window}", f"data.stride={window}", "data.image_size=224",
         f"data.batch_size={batch_size}", f"train.max_steps={steps}", "train.warmup_steps=1",
@@ -57,13 +73,6 @@ def with_checkpointing(job, on: bool):
 
 
 def _step_peak_rss(job_dict: dict, queue) -> None:
-    import resource
-
-    import torch
-
-    from mmexpr.config import job_from_dict
-    from mmexpr.model.model import build_model
-
     torch.set_num_threads(1)
     job = job_from_dict(job_dict)
     torch.manual_seed(0)
@@ -78,9 +87,6 @@ def _step_peak_rss(job_dict: dict, queue) -> None:
 def step_peak_rss(job) -> tuple[int, int]:
     """(peak RSS once the model is built, peak RSS after one forward + backward), in bytes,
     measured in a fresh process so that nothing earlier raised the high-water mark."""
-    import multiprocessing as mp
-    import queue as queues
-
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     proc = ctx.Process(target=_step_peak_rss, args=(job.to_dict(), results))
@@ -97,8 +103,6 @@ def step_peak_rss(job) -> tuple[int, int]:
 
 
 def _job(hidden: int, steps: int):
-    from mmexpr.config import load_job
-
     return load_job(None, [
         "model.preset=tiny", f"model.hidden={hidden}", "model.fusion_heads=4",
         "model.visual={name: tiny-clip-vision, train: full}", "model.audio={name: tiny-wav2vec2, train: full}",
@@ -110,10 +114,6 @@ def _job(hidden: int, steps: int):
 
 def _batches(job, count: int, seed: int = 0) -> list[dict]:
     """Loader-shaped batches with random frames, audio and labels, built once, kept in memory."""
-    import torch
-
-    from mmexpr.model.model import example_batch
-
     gen = torch.Generator().manual_seed(seed)
     d = job.data
     out = []
@@ -128,11 +128,6 @@ def _batches(job, count: int, seed: int = 0) -> list[dict]:
 
 def plain_loop(job, batches: list[dict], warmup: int) -> float:
     """samples/s of ordinary PyTorch on the same model and batches (1 thread)."""
-    import torch
-
-    from mmexpr.model.model import build_model
-    from mmexpr.train.engine import make_optimizer, make_scheduler
-
     torch.set_num_threads(job.train.cpus_per_worker)
     torch.manual_seed(0)
     model = build_model(job.model, None)
@@ -154,8 +149,6 @@ def plain_loop(job, batches: list[dict], warmup: int) -> float:
 def _model_state_bytes(engine, optimizer) -> dict[str, int]:
     """What this rank holds: params (or its ZeRO-3 partition), grads (full or partitions),
     optimizer state (fp32 master partitions when DeepSpeed keeps them, Adam moments)."""
-    import torch
-
     def nbytes(t) -> int:
         return t.numel() * t.element_size()
 
@@ -188,15 +181,8 @@ def _model_state_bytes(engine, optimizer) -> dict[str, int]:
 
 def bench_worker(config: dict) -> None:
     """Inside a Ray Train worker: time the engine path, or measure ZeRO memory + checkpoints."""
-    import ray.train
+    import ray.train  # lazy: Ray only after local_ray.start_ray (it sets env Ray reads at import)
     import ray.train.torch
-    import torch
-    import torch.distributed as dist
-
-    from mmexpr.config import job_from_dict
-    from mmexpr.model.model import build_model
-    from mmexpr.train import checkpoint as ckpt
-    from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device
 
     job = job_from_dict(config["job"])
     rank = ray.train.get_context().get_world_rank()
@@ -244,6 +230,7 @@ def bench_worker(config: dict) -> None:
 
 
 def _run(job, config: dict, workers: int) -> dict:
+    # lazy: Ray only after local_ray.start_ray (it sets env Ray reads at import)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -288,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rss", action="store_true", help="skip the gradient-checkpointing peak RSS")
     args = parser.parse_args(argv)
 
+    # lazy: Ray after start_ray; and the driver (MLflow, matplotlib) stays out of the spawned
+    # peak-RSS child (_step_peak_rss), which re-imports this module
     import ray
 
     from mmexpr.train.driver import start_ray
@@ -314,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                 zero[stage, offload] = _run(job.model_copy(update={"train": train}), config, 2)
     finally:
         ray.shutdown()
-
-    from mmexpr.train.engine import zero_stage_for
 
     rows = []
     if full is not None:

@@ -18,7 +18,11 @@ from __future__ import annotations
 import io
 import wave
 
+import av
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 class MemberError(Exception):
@@ -27,8 +31,6 @@ class MemberError(Exception):
 
 def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
     """Every frame of `stream` as RGB: [F, H, W, 3] uint8 (a list of frames on the fallback path)."""
-    import cv2
-
     height, width = stream.codec_context.height, stream.codec_context.width
     frames = container.decode(stream)
     first = next(frames, None)
@@ -53,8 +55,6 @@ def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
 
 def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
     """All frames of an mp4 as uint8 [F, H, W, 3] RGB, resized to size x size if given."""
-    import av
-
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -77,8 +77,6 @@ def decode_video(data: bytes, size: int | None = None) -> np.ndarray:
 def frames_to_chw(frames: np.ndarray, out: np.ndarray) -> None:
     """Copy [n, H, W, 3] frames into `out` [n, 3, H, W]: OpenCV's split writes each channel
     plane in place, about twice as fast as numpy's strided transpose copy of uint8."""
-    import cv2
-
     planes_contiguous = out.strides[-1] == 1 and out.strides[-2] == out.shape[-1]
     if frames.dtype != np.uint8 or out.dtype != np.uint8 or not frames.flags.c_contiguous or not planes_contiguous:
         out[...] = frames.transpose(0, 3, 1, 2)
@@ -91,8 +89,6 @@ def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     """[F, H, W, 3] uint8 -> [F, size, size, 3] (bilinear, antialiased); unchanged if already so."""
     if not size or frames.shape[1:3] == (size, size):
         return frames
-    import torch
-    import torch.nn.functional as F
 
     # channels_last uint8 in, uint8 out: torch's vectorised kernel for exactly this case.
     x = torch.from_numpy(frames).permute(0, 3, 1, 2)

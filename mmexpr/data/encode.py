@@ -35,6 +35,8 @@ the same bytes; parallelism comes from packing many videos at once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
 import wave
@@ -44,7 +46,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torchaudio.functional as AF
 from av.video.reformatter import Interpolation, VideoReformatter
+from PIL import Image
 
 from mmexpr.data.batch import frame_sample
 from mmexpr.data.sources import TrackSource, VideoJob
@@ -151,9 +156,6 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
     None when the file has no audio stream. Downmix by PyAV, resampling by torchaudio
     (deterministic on CPU, the same filter everywhere).
     """
-    import torch
-    import torchaudio.functional as AF
-
     with av.open(path) as container:
         if not container.streams.audio:
             return None
@@ -182,8 +184,6 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
 
 
 def _crop_frame(folder: str, index: int) -> np.ndarray | None:
-    from PIL import Image
-
     path = Path(folder) / f"{index + 1:05d}.jpg"
     if not path.is_file():
         return None
@@ -229,9 +229,6 @@ def fixed_fresh_memory() -> None:
     bitstreams from one pack to the next, depending on what the allocator left there.
     M_PERTURB makes those bytes the same every time; without glibc nothing changes.
     """
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if name is None:
         return

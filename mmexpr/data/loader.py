@@ -49,16 +49,22 @@ then serves to the reader (`bench loader` measures it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
+import fsspec
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen_schemes
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmexpr.config import DataConfig
 from mmexpr.data.augment import Augment, augment_audio, augment_frames
@@ -223,9 +229,6 @@ def checksum_problem(url: str, expected: str) -> str:
 
     Remote shards are not hashed here: that would read them twice over the network.
     """
-    import hashlib
-    import os
-
     path = url[len("file://"):] if url.startswith("file://") else url
     if "://" in path or path.startswith("pipe:") or not expected or not os.path.isfile(path):
         return ""
@@ -247,13 +250,9 @@ def checksum_problem(url: str, expected: str) -> str:
 
 def _open(url: str):
     """A byte stream for a shard: webdataset's gopen for what it knows, fsspec otherwise."""
-    import webdataset as wds
-    from webdataset.gopen import gopen_schemes
-
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if not scheme or scheme == "file" or scheme in gopen_schemes or url.startswith("pipe:"):
         return wds.gopen(url, "rb")
-    import fsspec
 
     return fsspec.open(url, "rb").open()
 
@@ -275,8 +274,6 @@ class ShardReader:
         self.problem = ""
 
     def _open_shard(self, epoch: int, shard: int) -> None:
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
-
         url = self.manifest.url(self.manifest.shards[shard])
         self.shard = (epoch, shard)
         self.url = url

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
+
 from mmexpr.errors import UserError
 
 FORMAT = "mmexpr-shards"
@@ -119,7 +121,6 @@ def _read_text(path: str) -> str:
         if not local.is_file():
             raise ManifestError(f"{path}: manifest not found; pack the split first (mmexpr pack SOURCE OUT)")
         return local.read_text()
-    import fsspec
 
     try:
         with fsspec.open(path, "rt") as f:

@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from mmexpr.data.encode import PackSettings, VideoResult, pack_video
-from mmexpr.data.manifest import MANIFEST, VERSION, Manifest, ShardInfo, write_manifest
+from mmexpr.data.manifest import (
+    MANIFEST,
+    VERSION,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+    write_manifest,
+)
 from mmexpr.data.sources import (
     EXPECTED_SHAPE,
     FACE_MODES,
@@ -49,6 +56,7 @@ from mmexpr.data.sources import (
 )
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, FitResult, warn_fitted
+from mmexpr.local_ray import start_ray
 from mmexpr.progress import Progress
 
 WORK = ".work"
@@ -279,8 +287,6 @@ def _prepare_split(split_dir: Path, run: dict, overwrite: bool) -> bool:
 
 def _start_ray(ray_address: str | None, num_cpus: int | None) -> bool:
     """Connect to Ray; start a loopback-only local cluster unless one is given. True if started."""
-    from mmexpr.local_ray import start_ray
-
     return start_ray(ray_address, num_cpus=num_cpus, log_to_driver=False)
 
 
@@ -304,10 +310,10 @@ def _keep_faces(out: Path, result: VideoResult) -> None:
 
 def _run_tasks(jobs: list[VideoJob], settings: PackSettings, out: Path, progress: bool, ray_address, num_cpus) -> dict:
     """Pack `jobs` as Ray tasks; write each video's part as soon as it arrives. Returns metas."""
-    import ray
-
     metas: dict[str, dict] = {}
     started = _start_ray(ray_address, num_cpus)
+    import ray  # lazy: Ray only after local_ray.start_ray (it sets env Ray reads at import)
+
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(pack_video)
         pending = {task.remote(_with_cached_faces(job, out), settings): job for job in jobs}
@@ -526,8 +532,6 @@ def pack_corpus(
 
 
 def _summary_from_manifest(split_dir: Path, split: str, jobs: list[VideoJob]) -> SplitSummary:
-    from mmexpr.data.manifest import read_manifest
-
     m = read_manifest(split_dir / MANIFEST)
     return SplitSummary(
         split,

@@ -136,7 +136,7 @@ def faces_mode(root: str | Path) -> str:
     """Where faces come from for tracks without crops when the user does not say: "frame" for
     a corpus written by `mmexpr synth` (its drawn face is the frame, and no detector is trained
     on drawn faces), "detect" for everything else."""
-    from mmexpr.synth.corpus import GENERATOR
+    from mmexpr.synth.corpus import GENERATOR  # circular: synth.corpus imports this module
 
     try:
         facts = json.loads((Path(root) / "corpus.json").read_text())

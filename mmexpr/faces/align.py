@@ -9,6 +9,7 @@ The template is the usual 5-point one for 112 px faces, scaled to the crop size.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 TEMPLATE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -35,8 +36,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """The face with these landmarks as a `size` x `size` RGB crop (black outside the frame)."""
-    from PIL import Image
-
     forward = similarity(np.asarray(landmarks, np.float64), TEMPLATE_112 * (size / 112.0))
     inverse = np.linalg.inv(np.vstack([forward, [0.0, 0.0, 1.0]]))[:2]  # crop pixel -> frame pixel
     image = Image.fromarray(np.ascontiguousarray(rgb))

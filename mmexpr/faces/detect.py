@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mmexpr.errors import UserError
 
@@ -68,8 +69,6 @@ class Detector:
                            post_process=False, device=device)
 
     def __call__(self, rgb: np.ndarray, frame: int) -> list[Detection]:
-        import torch
-
         with torch.no_grad():
             boxes, scores, points = self.model.detect(rgb, landmarks=True)
         if boxes is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image, ImageDraw
 
 from mmexpr.errors import UserError
 from mmexpr.faces.detect import Detection, Detector, DetectorSettings
@@ -185,8 +186,6 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 def write_preview(video_path: str | os.PathLike, faces: VideoFaces, out: str | os.PathLike, count: int = 12,
                   columns: int = 4, thumb_width: int = 320) -> Path:
     """A contact sheet of `count` frames spread over the video, each with its boxes and ids."""
-    from PIL import Image, ImageDraw
-
     wanted = set(np.linspace(0, max(faces.frames - 1, 0), min(count, max(faces.frames, 1))).round().astype(int).tolist())
     boxes: dict[int, list[tuple[int, Detection]]] = {}
     for t in faces.tracks:

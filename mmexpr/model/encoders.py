@@ -22,7 +22,29 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    HubertConfig,
+    PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetModel,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    WavLMConfig,
+)
 
 from mmexpr.config import EncoderConfig
 from mmexpr.errors import UserError
@@ -48,8 +70,6 @@ class EncoderUnavailableError(UserError, OSError):
 
 
 def _clip_b16_vision():
-    from transformers import CLIPVisionConfig
-
     # openai/clip-vit-base-patch16's vision_config (transformers' defaults are ViT-B/32).
     return CLIPVisionConfig(
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -58,8 +78,6 @@ def _clip_b16_vision():
 
 
 def _clip_b16_text(tokenizer):
-    from transformers import CLIPTextConfig
-
     # openai/clip-vit-base-patch16's text_config; the vocabulary keeps CLIP's BPE size so the
     # embedding table has its real size, while the ids come from the offline word tokenizer.
     return CLIPTextConfig(
@@ -77,8 +95,6 @@ TRAINING_ONLY_NOISE = ("layerdrop", "mask_time_prob", "mask_feature_prob")
 
 
 def _wav2vec2_base():
-    from transformers import Wav2Vec2Config
-
     # facebook/wav2vec2-base: transformers' defaults are that model, without TRAINING_ONLY_NOISE.
     return Wav2Vec2Config(**dict.fromkeys(TRAINING_ONLY_NOISE, 0.0))
 
@@ -163,8 +179,6 @@ def tower_class(config, tower: str) -> type | None:
     its vision tower (CLIPVisionModel loads just those weights), the text encoder only
     its text tower. The class is found by name: CLIPModel -> CLIPVisionModel / CLIPTextModel.
     """
-    import transformers
-
     kind = tower.lower()
     if config.model_type.endswith(f"_{kind}_model"):
         return None  # already a single tower: AutoModel picks it
@@ -304,8 +318,6 @@ class VisualEncoder(_Encoder):
         return pooled.flatten(1)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from transformers import CLIPImageProcessor
-
         self.backbone.save_pretrained(folder)
         size = {"shortest_edge": self.image_size}
         crop = {"height": self.image_size, "width": self.image_size}
@@ -337,16 +349,6 @@ def build_visual(spec: EncoderConfig, preset: str, field: str = "model.visual") 
     64 px, the 2-layer ViT's loss stayed flat on the demo faces while the ResNet learned
     (README, "What ./launch demo does", has the figures).
     """
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModel,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        ResNetConfig,
-        ResNetModel,
-    )
-
     if preset == "tiny" and "resnet" in spec.name.lower():
         config = ResNetConfig(
             embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1], layer_type="basic"
@@ -423,8 +425,6 @@ class AudioEncoder(_Encoder):
         return next(self.backbone.parameters()).dtype
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from transformers import Wav2Vec2FeatureExtractor
-
         self.backbone.save_pretrained(folder)
         Wav2Vec2FeatureExtractor(
             do_normalize=self.normalize, return_attention_mask=False
@@ -432,8 +432,6 @@ class AudioEncoder(_Encoder):
 
 
 def _tiny_audio_config(name: str):
-    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig
-
     family = name.lower()
     cls = (
         HubertConfig if "hubert" in family else WavLMConfig if "wavlm" in family else Wav2Vec2Config
@@ -455,8 +453,6 @@ def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") ->
     """Wav2Vec2 by default; HuBERT, WavLM (or any AutoModel speech encoder) by name. The tiny
     preset builds a small random one of the family, or the log-mel encoder (model/logmel.py)
     when the name says `logmel`: the front end that learns speech from scratch."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-
     if preset == "tiny" and "logmel" in spec.name.lower():
         return AudioEncoder(LogMelEncoder(), spec)
     if preset == "tiny":
@@ -524,9 +520,6 @@ def tiny_tokenizer(texts: Sequence[str]):
     Prompts are a closed vocabulary, so words are enough; unknown words map to <unk>.
     It round-trips through save_pretrained / AutoTokenizer.from_pretrained like any other.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
     split = pre_tokenizers.Whitespace()
     words = sorted({w for text in texts for w, _ in split.pre_tokenize_str(text.lower())})
@@ -552,15 +545,6 @@ def build_text(
     spec: EncoderConfig, preset: str, texts: Sequence[str] = (), field: str = "model.text"
 ) -> TextEncoder:
     """CLIP text tower (end-of-text pooling), or a sentence encoder such as MiniLM (mean pooling)."""
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoTokenizer,
-        BertConfig,
-        CLIPTextConfig,
-        CLIPTextModel,
-    )
-
     if preset == "tiny":
         tokenizer = tiny_tokenizer(texts)
         common = dict(

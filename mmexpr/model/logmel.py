@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+import torchaudio
 from torch import nn
 
 HOP = 320  # samples per step at 16 kHz: 50 steps per second, like wav2vec2
@@ -41,7 +42,6 @@ class LogMelConfig:
 class LogMelEncoder(nn.Module):
     def __init__(self, config: LogMelConfig | None = None) -> None:
         super().__init__()
-        import torchaudio
 
         self.config = config or LogMelConfig()
         c = self.config

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mmexpr.config import ModelConfig
 from mmexpr.data.batch import Batch, BatchArrays, audio_samples
@@ -241,8 +242,6 @@ class ExprModel(nn.Module):
 
     def describe(self, window: int = 16, image_size: int = 112, fps: float = 30.0) -> str:
         """A table of top-level modules: class, parameters, trainable parameters, FLOPs per window."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         batch = example_batch(1, window, image_size, fps, device=next(self.parameters()).device)
         was_training = self.training
         self.eval()

@@ -12,16 +12,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import mlflow.artifacts
+import yaml
+from mlflow.exceptions import MlflowException
+
 from mmexpr import store
+from mmexpr.config import job_from_dict
 from mmexpr.predict.weights import Loaded, WeightsError, load_checkpoint
 from mmexpr.runs.listing import find_run, resolve_tracking_uri
 
 
 def _load_artifact_folder(uri: str, tracking_uri: str, what: str) -> Loaded:
     """Download `best_model/` (weights.pt + config.yaml) and rebuild the model from it."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri))
@@ -37,11 +39,6 @@ def _load_artifact_folder(uri: str, tracking_uri: str, what: str) -> Loaded:
 
 def _run_job(tracking_uri: str, run_id: str):
     """The resolved job config the run logged (`config.yaml`), or None to look beside the checkpoint."""
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    from mmexpr.config import job_from_dict
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = store.client(tracking_uri).download_artifacts(run_id, "config.yaml", tmp)
@@ -53,8 +50,6 @@ def _run_job(tracking_uri: str, run_id: str):
 def load_from_mlflow(*, run: str | None, model_uri: str | None, tracking_uri: str | None, output: str) -> Loaded:
     uri = resolve_tracking_uri(tracking_uri, output)
     if model_uri:
-        from mlflow.exceptions import MlflowException
-
         if model_uri.startswith("models:/"):
             name, _, version = model_uri[len("models:/") :].partition("/")
             client = store.client(uri)

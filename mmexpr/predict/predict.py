@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,14 @@ from torch.utils.data import DataLoader
 
 from mmexpr.data.batch import Batch, BatchArrays
 from mmexpr.data.encode import PackSettings
+from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
 from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, write_task_submission
 from mmexpr.metrics import Scores, TaskScores, au_score, score, va_score
 from mmexpr.model.heads import smooth_probabilities
+from mmexpr.predict.from_mlflow import load_from_mlflow
 from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
+from mmexpr.predict.weights import load_checkpoint
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
 from mmexpr.progress import Progress
 
@@ -281,8 +285,6 @@ def _input_scores(truth: dict[str, list[np.ndarray]], guesses: dict[str, list[np
 
 def write_zip(out: Path, tracks: list[str]) -> Path:
     """The archive ABAW uploads for one task's folder: one <track>.txt per track at its root."""
-    import zipfile
-
     path = out / "submission.zip"
     tmp = out / ".submission.zip.tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -308,8 +310,6 @@ def pack_settings_of(job) -> PackSettings | None:
     """The settings the model's training shards were packed with, so raw videos are cropped and
     compressed the same way (shards from before the face tracker took the whole frame); None
     when those shards are not here."""
-    from mmexpr.data.manifest import ManifestError, manifest_path, read_manifest
-
     try:
         settings = read_manifest(manifest_path(job.data.shards, job.data.train_split)).settings
         return PackSettings(chunk_frames=int(settings["chunk_frames"]), face_size=int(settings["face_size"]),
@@ -321,11 +321,8 @@ def pack_settings_of(job) -> PackSettings | None:
 
 def load_model(opts: PredictOptions):
     """The model named by --run, --checkpoint or --model-uri, rebuilt from its job config."""
-    from mmexpr.predict.weights import load_checkpoint
-
     if opts.checkpoint:
         return load_checkpoint(opts.checkpoint)
-    from mmexpr.predict.from_mlflow import load_from_mlflow
 
     return load_from_mlflow(run=opts.run, model_uri=opts.model_uri, tracking_uri=opts.tracking_uri, output=opts.output)
 

@@ -28,14 +28,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from mmexpr.data.batch import frame_sample
-from mmexpr.data.encode import PackSettings, safe_track, track_of_key
+from mmexpr.data.encode import PackSettings, pack_video, safe_track, track_of_key
 from mmexpr.data.loader import Decoded, decode_sample, sample_face, sample_tasks
 from mmexpr.data.manifest import MANIFEST, Manifest, read_manifest
+from mmexpr.data.sources import faces_mode, index_videos, video_tracks
 from mmexpr.errors import UserError
+from mmexpr.faces.video import source_frames
 from mmexpr.labels import NUM_AUS
 
 
@@ -194,9 +198,6 @@ def split_dirs(shards: str | Path, splits: list[str] | None) -> list[Path]:
 
 def read_members(url: str, keys: set[str]) -> dict[str, dict]:
     """The samples named `keys` from one shard (extension -> bytes), streaming it once."""
-    import fsspec
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
     found: dict[str, dict] = {}
     with fsspec.open(url, "rb") as stream:
         files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
@@ -321,8 +322,6 @@ class VideoTracks(TrackPieces):
         settings: PackSettings | None = None,
         names: list[str] | None = None,
     ) -> None:
-        from mmexpr.data.sources import index_videos
-
         root = Path(folder)
         if not root.is_dir():
             raise PredictInputError(f"{root}: videos folder not found")
@@ -338,22 +337,15 @@ class VideoTracks(TrackPieces):
         self.names = sorted(names if names is not None else self.videos)
         self.image_size = image_size
         if settings is None:
-            from mmexpr.data.sources import faces_mode
-
             settings = PackSettings(faces=faces_mode(root))
         self.settings = settings
 
     def _job(self, video: str):
-        from mmexpr.data.sources import video_tracks
-        from mmexpr.faces.video import source_frames
-
         path = self.videos[video]
         frames = sum(1 for _ in source_frames(str(path), decode=False))
         return video_tracks(self.root, video, path, frames)
 
     def pieces(self, i: int) -> Iterator[Piece]:
-        from mmexpr.data.encode import pack_video
-
         video = self.names[i]
         result = pack_video(self._job(video), self.settings)
         if not result.samples:

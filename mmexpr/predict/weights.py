@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from mmexpr.config import JobConfig, job_from_dict
 from mmexpr.errors import UserError
+from mmexpr.model.model import build_model
+from mmexpr.train import checkpoint as ckpt
 
 CONFIG_NAMES = ("config.yaml", "job.yaml", "resolved_config.yaml")
 WEIGHT_NAMES = ("model.pt", "pytorch_model.bin", "model.pth", "consolidated.pt", "model.safetensors")
@@ -57,7 +61,7 @@ def _is_deepspeed_dir(path: Path) -> bool:
 
 def deepspeed_state_dict(path: Path) -> dict:
     """fp32 weights from a DeepSpeed checkpoint folder (the root with `latest`, or one tag folder)."""
-    import torch
+    # lazy: DeepSpeed (seconds, and an accelerator warning) only for a sharded checkpoint
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     if (path / "latest").is_file() or not any(path.glob("*model_states.pt")):
@@ -73,8 +77,6 @@ def deepspeed_state_dict(path: Path) -> dict:
 
 
 def _zero_stage(tag_dir: Path) -> int:
-    import torch
-
     files = sorted(tag_dir.glob("*optim_states.pt"))
     states = torch.load(files[0], map_location="cpu", weights_only=False)
     optimizer = states.get("optimizer_state_dict", {})
@@ -90,11 +92,7 @@ def _strip_prefix(state: dict) -> dict:
 
 def _read_file(path: Path) -> tuple[dict, dict | None]:
     """(state dict, embedded config or None) from a consolidated weights file."""
-    import torch
-
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path)), None
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, dict):
@@ -117,8 +115,6 @@ def resolve_pointer(path: Path) -> Path:
     the checkpoints folder itself means its best intact checkpoint, else its latest intact one.
     A checkpoint that fails verification is named and never loaded.
     """
-    from mmexpr.train import checkpoint as ckpt
-
     if path.is_file() and path.name in POINTERS and path.stat().st_size < 4096:
         tag = path.parent / path.read_text().strip()
         if not (tag / ckpt.META).is_file():
@@ -177,8 +173,6 @@ def _job_for(path: Path, embedded: dict | None) -> JobConfig:
 
 def build_from_state(job: JobConfig, state: dict, source: str):
     """The job's model with `state` loaded strictly (a mismatch names the missing keys)."""
-    from mmexpr.model.model import build_model
-
     model = build_model(job.model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Buffers computed at build time (cached class-text embeddings) may be absent from older files.

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mmexpr.errors import UserError
+from mlflow.exceptions import MlflowException
+
 from mmexpr import store
+from mmexpr.errors import UserError
 
 SWEEP_TAG = "mmexpr.sweep"
 VARIANT_TAG = "mmexpr.variant"
@@ -126,8 +128,6 @@ def list_runs(
 
 def find_run(tracking_uri: str, ref: str) -> RunRow:
     """A run by id, or by name (the newest run of that name)."""
-    from mlflow.exceptions import MlflowException
-
     client = store.client(tracking_uri)
     try:
         run = client.get_run(ref)

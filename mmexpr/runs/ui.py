@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmexpr import store
 from mmexpr.errors import UserError
 
 
@@ -136,8 +137,6 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
 
 def serve_forever(tracking_uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> None:
     """`mmexpr ui`: start the server, print where to look, stop it on Ctrl-C."""
-    from mmexpr import store
-
     server = start_ui(tracking_uri, host=host, port=port)
     previous = _interrupt_on_termination()
     try:

@@ -10,7 +10,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from mmexpr.config import with_absolute_paths
 from mmexpr.errors import UserError
+from mmexpr.submit import ray_jobs, slurm
 from mmexpr.submit.target import Target, parse_target
 
 if TYPE_CHECKING:
@@ -40,8 +42,6 @@ def submit_elsewhere(job: JobConfig, args: argparse.Namespace) -> int | None:
 
 
 def _to_slurm(job: JobConfig, resume: str | None, dry: bool, detach: bool) -> int:
-    from mmexpr.submit import slurm
-
     if dry:
         print(slurm.dry_run(job, resume), end="")
         return 0
@@ -52,9 +52,6 @@ def _to_slurm(job: JobConfig, resume: str | None, dry: bool, detach: bool) -> in
 
 
 def _to_ray(job: JobConfig, target: Target, resume: str | None, dry: bool, detach: bool) -> int:
-    from mmexpr.config import with_absolute_paths
-    from mmexpr.submit import ray_jobs
-
     if dry:
         print(f"address:    {target.address}\nentrypoint: {ray_jobs.entrypoint('job.yaml', resume)}")
         print("job.yaml:\n" + with_absolute_paths(job).to_yaml(), end="")
@@ -93,7 +90,6 @@ def jobs_command(args: argparse.Namespace) -> int:
 def _list(on: str | None) -> int:
     if on:
         return _list_ray(parse_target(on).address)
-    from mmexpr.submit import slurm
 
     jobs = slurm.list_jobs()
     print(f"{'JOBID':>8}  {'NAME':<28} {'STATE':<11} {'TIME':>10}  {'RESTARTS':>8}  {'RUN':<32}  NODES")
@@ -105,16 +101,12 @@ def _list(on: str | None) -> int:
 
 
 def _list_ray(address: str) -> int:
-    from mmexpr.submit import ray_jobs
-
     for info in ray_jobs.client(address).list_jobs():
         print(f"{info.submission_id or info.job_id:<40} {info.status.value:<10} {info.entrypoint}")
     return 0
 
 
 def _slurm_action(action: str, job_id: str) -> int:
-    from mmexpr.submit import slurm
-
     if action == "status":
         fields = slurm.show(job_id)
         for key in ("JobId", "JobName", "JobState", "Reason", "RunTime", "TimeLimit", "Restarts", "NodeList", "StdOut"):
@@ -129,8 +121,6 @@ def _slurm_action(action: str, job_id: str) -> int:
 
 
 def _ray_action(action: str, job_id: str, on: str | None) -> int:
-    from mmexpr.submit import ray_jobs
-
     address = ray_jobs.address_for(job_id, parse_target(on).address if on else None)
     if action == "status":
         for key, value in ray_jobs.status(address, job_id).items():

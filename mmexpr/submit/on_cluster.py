@@ -17,22 +17,21 @@ import socket
 import sys
 import time
 
+from mmexpr.config import load_job
 from mmexpr.errors import UserError
+from mmexpr.submit.shared_paths import check_visible
+from mmexpr.submit.signal_workers import forward_signals
 
 PREEMPTED = 75  # exit status after a preemption checkpoint (EX_TEMPFAIL): the sbatch script requeues
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mmexpr.config import load_job
-    from mmexpr.submit.shared_paths import check_visible
-
     try:
         job = load_job(args.job_file)
     except UserError as exc:
         raise UserError(f"on {socket.gethostname()}: the cluster side cannot use the job file: {exc}") from None
     check_visible(job)
-    from mmexpr.submit.signal_workers import forward_signals
-    from mmexpr.train.driver import run_training
+    from mmexpr.train.driver import run_training  # lazy: wait-nodes needs neither torch nor MLflow
 
     forward_signals()
     result = run_training(job, resume=args.resume, address=args.address)
@@ -41,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _wait_nodes(args: argparse.Namespace) -> int:
     """Poll the cluster until `--nodes` nodes are alive; exit 3 naming what joined on timeout."""
-    import ray
+    import ray  # lazy: heavy; `run` gets it through the driver, after its checks
 
     deadline = time.monotonic() + args.timeout
     alive = 0

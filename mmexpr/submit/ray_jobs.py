@@ -55,6 +55,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 def client(address: str):
     """A JobSubmissionClient, after a bounded reachability check."""
     check_reachable(address)
+    # lazy: the CLI imports this module at start-up
     from ray.job_submission import JobSubmissionClient
 
     try:

@@ -20,7 +20,7 @@ WORKER_CLASS = "RayTrainWorker"
 
 def train_workers() -> dict[str, list[int]]:
     """node id -> pids of the live Ray Train workers in this cluster."""
-    from ray._private import state
+    from ray._private import state  # lazy: on_cluster imports this module before Ray is needed
 
     found: dict[str, list[int]] = defaultdict(list)
     for info in state.actors(actor_state_name="ALIVE").values():
@@ -42,7 +42,7 @@ def _kill_on_node(pids: list[int], signum: int) -> list[int]:
 
 def send(signum: int, timeout: float = 60.0) -> int:
     """Signal every train worker; retry until some exist (they may still be starting). Returns count."""
-    import ray
+    import ray  # lazy: as in train_workers
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     kill = ray.remote(num_cpus=0, max_retries=0)(_kill_on_node)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import yaml
 
 from mmexpr.config import ConfigError, JobConfig, load_job
-from mmexpr.runs.listing import SWEEP_TAG, VARIANT_TAG
+from mmexpr.runs.listing import SWEEP_TAG, VARIANT_TAG, list_runs, runs_table
+from mmexpr.store import job_tracking_uri
+from mmexpr.train.driver import run_training
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,6 @@ def run_sweep(job_path: str, grids: list[str], overrides: list[str], *, dry_run:
         print(f"  {i}. {v.label}")
     if dry_run:
         return sweep_id, [(v, None) for v in variants]
-    from mmexpr.store import job_tracking_uri
-    from mmexpr.train.driver import run_training
     done: list[tuple[Variant, str | None]] = []
     for i, v in enumerate(variants, 1):
         print(f"\n== sweep {sweep_id}: variant {i}/{len(variants)}: {v.label}", flush=True)
@@ -97,7 +97,6 @@ def run_sweep(job_path: str, grids: list[str], overrides: list[str], *, dry_run:
             done.append((v, None))
             continue
         done.append((v, result.run_id))
-    from mmexpr.runs.listing import list_runs, runs_table
 
     uri = job_tracking_uri(variants[0].job)
     print(f"\nsweep {sweep_id} ({uri}):")

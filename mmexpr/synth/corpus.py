@@ -64,6 +64,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from mmexpr.data.encode import fixed_fresh_memory
 from mmexpr.data.sources import challenge_folder
@@ -475,8 +476,6 @@ def _encode(
 
 def _crop_writer(out: Path, people: dict[str, _Person], params: dict[str, np.ndarray]) -> FrameHook:
     """A per-frame hook that saves each visible face as cropped_aligned/<track>/<00001>.jpg."""
-    from PIL import Image
-
     boxes = {}
     for track, person in people.items():
         (cx, cy), r = person.style.center, person.style.radius * 1.15

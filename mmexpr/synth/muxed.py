@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mmexpr.errors import UserError
 from mmexpr.labels import write_annotation
@@ -135,8 +136,6 @@ def _video(
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from mmexpr.errors import UserError
@@ -101,8 +102,6 @@ def load_voices(root: Path) -> list[Voice]:
 
 def read_voice(voice: Voice) -> tuple[np.ndarray, int]:
     """(float32 mono samples in [-1, 1], sample rate) of one utterance."""
-    import av
-
     with av.open(str(voice.path)) as container:
         stream = container.streams.audio[0]
         rate = stream.rate
@@ -116,8 +115,6 @@ def read_voice(voice: Voice) -> tuple[np.ndarray, int]:
 def write_muxed_video(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, rate: int) -> Path:
     """An H.264 + AAC mp4 of `frames` (uint8 [N, H, W] gray or [N, H, W, 3] RGB, even H and W)
     and, if given, `audio` (float32 mono) starting with the first frame."""
-    import av
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=3)

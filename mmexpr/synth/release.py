@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mmexpr.errors import UserError
 from mmexpr.labels import write_annotation
@@ -71,8 +72,6 @@ def _segments(rng: np.random.Generator, frames: int, per: int) -> np.ndarray:
 
 def _face_frames(rng, faces, labels: np.ndarray, px: int, per: int, gap: range) -> np.ndarray:
     """uint8 [N, px, px] gray: one FER face per segment, drifting; dim and empty in the gap."""
-    from PIL import Image
-
     out = np.zeros((len(labels), px, px), np.uint8)
     pad = px // 8
     for start in range(0, len(labels), per):
@@ -105,8 +104,6 @@ def _voice(rng, voices, labels: np.ndarray, fps: int, per: int) -> np.ndarray:
 
 
 def _write_crops(folder: Path, frames: np.ndarray, gap: range) -> None:
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(frames):
         if i not in gap:

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from mmexpr.faces.align import TEMPLATE_112, align_face, similarity
+from mmexpr.faces.track import iou
 from mmexpr.labels import IGNORE, track_name, write_annotation
 from mmexpr.synth.real import Faces, write_muxed_video
 
@@ -65,8 +68,6 @@ class Scene:
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A smooth colour field with some texture, so the detector sees more than a flat wall."""
-    from PIL import Image
-
     coarse = rng.integers(40, 220, size=(5, 9, 3), dtype=np.uint8)
     smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.float32)
     texture = rng.normal(0.0, 6.0, size=(height, width, 1))
@@ -93,8 +94,6 @@ def _path(rng: np.random.Generator, spec: SceneSpec, person: int) -> tuple[np.nd
 def make_scene(faces: Faces, spec: SceneSpec, seed: int, pool: np.ndarray | None = None) -> Scene:
     """One scene with faces drawn from `pool` (indices into `faces`; default: every FER2013
     training image); the same faces, spec, seed and pool give the same frames."""
-    from PIL import Image
-
     if spec.people not in (1, 2):
         raise ValueError(f"SceneSpec.people is {spec.people}; expected 1 or 2")
     rng = np.random.default_rng(seed)
@@ -171,10 +170,6 @@ def expected_crop(image: np.ndarray, square: np.ndarray, landmarks: np.ndarray, 
     """What the aligned crop with these landmarks shows if the face in `square` is `image`:
     the source image resampled through crop -> frame -> source, and the mask of crop pixels
     that fall on the pasted square."""
-    from PIL import Image
-
-    from mmexpr.faces.align import TEMPLATE_112, similarity
-
     forward = np.vstack([similarity(np.asarray(landmarks, np.float64), TEMPLATE_112 * (size / 112.0)), [0, 0, 1]])
     k = image.shape[0] / (square[2] - square[0])
     to_source = np.array([[k, 0, -square[0] * k], [0, k, -square[1] * k], [0, 0, 1]])
@@ -195,11 +190,6 @@ def score_tracks(scene: Scene, tracks: list, distractors: np.ndarray, crop_size:
     person's own FER image looks like through the same alignment (`expected_crop`) is at
     least `min_match` and higher than with any other face of the scene or `distractors`
     put in the same place."""
-    from PIL import Image
-
-    from mmexpr.faces.align import align_face
-    from mmexpr.faces.track import iou
-
     by_frame = [t.by_frame() for t in tracks]
     candidates = np.concatenate([scene.faces, distractors])
     boxes = scene.boxes
@@ -238,10 +228,6 @@ def detectable_pool(faces: Faces, detector, count: int, seed: int = 0, split: in
     detector finds even alone; scenes built from this pool measure what the scene adds
     (clutter, motion, scale, compression, gaps, two people), and the share found alone is
     reported beside them."""
-    from PIL import Image
-
-    from mmexpr.faces.track import iou
-
     rng = np.random.default_rng(seed)
     order = rng.permutation(np.flatnonzero(faces.split == split))
     side, canvas = 112, 192

@@ -258,6 +258,7 @@ def _zero_stage(engine) -> int:
 
 def full_param(engine, param: torch.nn.Parameter) -> torch.Tensor:
     """The whole fp32 value of one parameter, on every rank (a collective under ZeRO)."""
+    # lazy: DeepSpeed only where an engine's state is read (predict and the driver import this module)
     from deepspeed.utils import safe_get_full_fp32_param
 
     if param.requires_grad and _zero_stage(engine) >= 1:
@@ -274,7 +275,7 @@ def full_param(engine, param: torch.nn.Parameter) -> torch.Tensor:
 
 def full_moment(engine, optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, key: str) -> torch.Tensor:
     """One Adam moment of one trainable parameter, whole, on every rank."""
-    from deepspeed.utils import safe_get_full_optimizer_state
+    from deepspeed.utils import safe_get_full_optimizer_state  # lazy: see full_param
 
     if _zero_stage(engine) >= 1:
         value = safe_get_full_optimizer_state(param, key)
@@ -354,7 +355,7 @@ def restore_portable(engine, optimizer: torch.optim.Optimizer, portable: dict[st
     The weights themselves are loaded into the module before `deepspeed.initialize`, so
     DeepSpeed derives its fp32 master copy and partitions from them (see load_module_weights).
     """
-    from deepspeed.utils import safe_set_full_optimizer_state
+    from deepspeed.utils import safe_set_full_optimizer_state  # lazy: see full_param
 
     stage = _zero_stage(engine)
     step = portable["optimizer_step"]

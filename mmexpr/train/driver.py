@@ -19,16 +19,26 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+import torch
+import yaml
+
 from mmexpr.config import JobConfig, with_absolute_paths
+from mmexpr.data.batch import audio_samples
+from mmexpr.data.loader import make_loader, read_manifest
+from mmexpr.data.manifest import manifest_path
 from mmexpr.errors import UserError
+from mmexpr.local_ray import start_ray as connect
 from mmexpr.progress import Progress
 from mmexpr.store import Store, choose_store
 from mmexpr.train import checkpoint as ckpt
-from mmexpr.train import mlflow_run
+from mmexpr.train import fate, mlflow_run
+from mmexpr.train.engine import zero_stage_for
 from mmexpr.train.handoff import LoopConfig, LoopResult, read_progress
+from mmexpr.train.worker import train_loop_per_worker
 
 SETUP_HOOK = "mmexpr.train.worker_setup.setup"
 
@@ -83,9 +93,6 @@ def check_data(job: JobConfig) -> tuple[list[int], list[float] | None]:
     """Both splits readable and big enough; returns the train class counts (for CE weights) and
     AU positive rates (for BCE positive weights). A task of model.tasks without any labelled
     frame in the train split is an error: its head would learn nothing."""
-    from mmexpr.data.loader import make_loader, read_manifest
-    from mmexpr.data.manifest import manifest_path
-
     d = job.data
     for split in (d.train_split, d.val_split):
         path = manifest_path(d.shards, split)
@@ -115,8 +122,6 @@ def batch_memory(job: JobConfig) -> int:
     """A lower bound on the bytes one worker holds for its batches: the uint8 batches the
     loader has in flight (batch.py's shapes) and the float32 frames with the activations
     of the visual encoder's first layers, each at least the size of its input."""
-    from mmexpr.data.batch import audio_samples
-
     d = job.data
     frames = d.batch_size * d.window * 3 * d.image_size**2
     audio = d.batch_size * audio_samples(d.window, d.sample_rate) * 4
@@ -127,12 +132,8 @@ def batch_memory(job: JobConfig) -> int:
 def check_memory(job: JobConfig) -> None:
     """Refuse at start a batch that cannot fit in this machine's memory (or one GPU's), so a
     job does not die a minute later in Ray's out-of-memory killer."""
-    import psutil
-
     need = batch_memory(job)
     if job.train.use_gpu:
-        import torch
-
         have, where = torch.cuda.get_device_properties(0).total_memory, "one GPU's memory"
     else:
         need *= job.train.workers
@@ -151,8 +152,6 @@ def check_resources(job: JobConfig, address: str | None) -> None:
         return  # a cluster's resources are its own; Ray reports what it lacks
     check_memory(job)
     if job.train.use_gpu:
-        import torch
-
         if torch.cuda.device_count() < job.train.workers:
             raise TrainSetupError(
                 f"train.use_gpu with train.workers={job.train.workers}: this machine has "
@@ -198,8 +197,6 @@ def resolve_resume(job: JobConfig, resume: str) -> ResumePoint:
 
 def check_resume_fits(job: JobConfig, point: ResumePoint) -> None:
     """The model must be the one that was saved; workers, ZeRO stage, schedule may change."""
-    import yaml
-
     saved = point.run_dir / "config.yaml"
     if not saved.is_file():
         return
@@ -218,8 +215,6 @@ def check_resume_fits(job: JobConfig, point: ResumePoint) -> None:
 
 def start_ray(job: JobConfig, address: str | None = None) -> bool:
     """Connect to `address`/RAY_ADDRESS, or start a local cluster on 127.0.0.1; True if we started one."""
-    from mmexpr.local_ray import start_ray as connect
-
     cpus = max(os.cpu_count() or 1, job.train.workers * job.train.cpus_per_worker)
     return connect(
         address or os.environ.get("RAY_ADDRESS"),
@@ -251,11 +246,11 @@ def follow_progress(job: JobConfig, loop: LoopConfig, stop: threading.Event) -> 
 
 
 def _fit(job: JobConfig, loop: LoopConfig, run_dir: Path):
+    # lazy: Ray only after local_ray.start_ray (it sets env Ray reads at import); loopback imports Ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from mmexpr.train.loopback import LoopbackTorchConfig, cluster_on_loopback
-    from mmexpr.train.worker import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -290,8 +285,6 @@ def run_training(
     point = resolve_resume(job, resume) if resume else None
     if point is not None:
         check_resume_fits(job, point)
-
-    from mmexpr.train.engine import zero_stage_for
 
     store = choose_store(job)
     print(store.note, flush=True)
@@ -345,7 +338,7 @@ def run_training(
     finally:
         _close(store, run_id, status)
         if started:
-            import ray
+            import ray  # lazy: see _fit
 
             ray.shutdown()
     out = TrainResult(
@@ -368,10 +361,7 @@ def run_training(
 
 def _with_fate(loop: LoopConfig) -> LoopConfig:
     """On the local loopback cluster, workers end when this driver process dies (fate.py)."""
-    from dataclasses import replace
-
-    from mmexpr.train import fate
-    from mmexpr.train.loopback import cluster_on_loopback
+    from mmexpr.train.loopback import cluster_on_loopback  # lazy: imports Ray; see _fit
 
     if not cluster_on_loopback():
         return loop

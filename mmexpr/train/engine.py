@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from mmexpr.config import JobConfig
 from mmexpr.data.batch import Batch
@@ -111,7 +112,7 @@ def disable_shm_comm_build() -> None:
     torch.distributed/gloo either way. Building it is a C++ compile on the first run of every
     fresh machine, which a CPU training run should not pay.
     """
-    import deepspeed.ops
+    import deepspeed.ops  # lazy: the driver imports this module; DeepSpeed loads in the workers
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
@@ -124,8 +125,6 @@ def broadcast_scalar_params(model: torch.nn.Module) -> None:
     temperature). Parameters carrying `ds_optim_param` are skipped by that broadcast (the
     attribute otherwise only matters for super-offload ratios, which we never set).
     """
-    import torch.distributed as dist
-
     for param in model.parameters():
         if param.dim() == 0:
             if dist.is_initialized():
@@ -136,8 +135,7 @@ def broadcast_scalar_params(model: torch.nn.Module) -> None:
 def build_engine(model: torch.nn.Module, job: JobConfig, place: Placement):
     """model -> (DeepSpeed engine, its optimizer, our scheduler); torch.distributed is already up.
     The engine runs `zero_stage_for(job, world size)`."""
-    import deepspeed
-    import torch.distributed as dist
+    import deepspeed  # lazy: see disable_shm_comm_build
 
     if place.accelerator == "cpu":
         disable_shm_comm_build()

@@ -14,20 +14,18 @@ from __future__ import annotations
 import os
 import threading
 
+import psutil
+
 CHECK_SECONDS = 1.0
 
 
 def identity() -> tuple[int, float]:
     """(pid, start time) of this process, as a worker will check it."""
-    import psutil
-
     me = psutil.Process()
     return me.pid, me.create_time()
 
 
 def alive(pid: int, started: float) -> bool:
-    import psutil
-
     try:
         return abs(psutil.Process(pid).create_time() - started) < 1e-3
     except psutil.Error:

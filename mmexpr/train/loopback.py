@@ -21,6 +21,7 @@ import os
 import socket
 from datetime import timedelta
 
+import ray
 from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
 from ray.train.torch.config import (
     TorchConfig,
@@ -28,6 +29,7 @@ from ray.train.torch.config import (
     _setup_torch_process_group,
     _TorchBackend,
 )
+from torch.distributed import TCPStore
 
 from mmexpr.local_ray import LOOPBACK
 
@@ -42,8 +44,6 @@ def loopback_interface() -> str:
 
 def serve_store(timeout_s: int) -> int:
     """Rank 0: a c10d store server listening on 127.0.0.1 only; returns its port."""
-    from torch.distributed import TCPStore
-
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((LOOPBACK, 0))
@@ -63,8 +63,6 @@ def use_loopback(port: int) -> None:
 
 class _LoopbackBackend(_TorchBackend):
     def on_start(self, worker_group, backend_config: TorchConfig) -> None:
-        import ray
-
         gpus = worker_group.get_resources_per_worker().get("GPU", 0)
         backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
         port = worker_group.execute_single(0, serve_store, timeout_s=backend_config.timeout_s)
@@ -81,8 +79,6 @@ class _LoopbackBackend(_TorchBackend):
 
 def cluster_on_loopback() -> bool:
     """True when every live node of the connected Ray cluster is on 127.0.0.1 (a local run)."""
-    import ray
-
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return bool(nodes) and all(n.get("NodeManagerAddress") == LOOPBACK for n in nodes)
 

@@ -19,12 +19,20 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import torch
+import transformers
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+
 from mmexpr.config import JobConfig, flatten
 from mmexpr.store import Store, client
+from mmexpr.train import figures
 
 MAX_BUFFER = 100_000  # metric points kept while a server is down
 
@@ -47,11 +55,10 @@ def git_commit() -> str:
 
 
 def versions() -> dict[str, str]:
+    # lazy: only their versions; the driver opens the run before Ray starts and never
+    # builds an engine, so it does not otherwise load DeepSpeed or Ray
     import deepspeed
-    import mlflow
     import ray
-    import torch
-    import transformers
 
     return {
         "python": sys.version.split()[0],
@@ -71,8 +78,6 @@ def open_run(store: Store, job: JobConfig, run_id: str | None, tags: dict[str, s
     """
     c = client(store.uri)
     if run_id is not None:
-        from mlflow.exceptions import MlflowException
-
         try:
             c.get_run(run_id)
         except MlflowException as exc:
@@ -82,8 +87,6 @@ def open_run(store: Store, job: JobConfig, run_id: str | None, tags: dict[str, s
         tags = {**tags, "mmexpr.resumes": str(resumes)}
         c.log_text(run_id, job.to_yaml(), f"config_resume_{resumes}.yaml")
     else:
-        from mlflow.entities import Param
-
         exp = _experiment_id(c, job.track.experiment, store.artifact_root)
         run = c.create_run(exp, run_name=job.track.run_name or job.name)
         run_id = run.info.run_id
@@ -103,9 +106,6 @@ def finish_run(store: Store, run_id: str, status: str) -> None:
 
 def register_model(store: Store, run_id: str, name: str, weights: dict[str, Any], job: JobConfig, meta: dict) -> str:
     """Log consolidated weights + config as `best_model/` and register them as a new version."""
-    import torch
-    from mlflow.exceptions import MlflowException
-
     c = client(store.uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "best_model"
@@ -151,10 +151,6 @@ class RunLogger:
             return False
 
     def metrics(self, values: dict[str, float], step: int) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self._buffer += [Metric(k, float(v), now, step) for k, v in values.items()]
         del self._buffer[:-MAX_BUFFER]
@@ -169,8 +165,6 @@ class RunLogger:
     def evaluation(self, evaluation, step: int) -> None:
         """Every task's scores (val/macro_f1, val/va_ccc, val/au_f1, val/score_<task>, ...), its
         figures and the score table."""
-        from mmexpr.train import figures
-
         scores = evaluation.scores
         self.metrics(scores.as_metrics("val/"), step)
         self.flush()

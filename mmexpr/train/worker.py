@@ -19,22 +19,29 @@ moves the stream that dropout draws from.
 
 from __future__ import annotations
 
+import json
 import math
+import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from mmexpr.config import JobConfig, job_from_dict
 from mmexpr.data.batch import Batch
+from mmexpr.data.loader import make_loader
+from mmexpr.model.model import build_model
 from mmexpr.train import checkpoint as ckpt
-from mmexpr.train import preemption
+from mmexpr.train import data_loss, fate, preemption
 from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
-from mmexpr.train.evaluation import best_score
+from mmexpr.train.evaluation import best_score, evaluate
 from mmexpr.train.handoff import LoopConfig, LoopResult, write_progress
+from mmexpr.train.mlflow_run import RunLogger
 
 PROGRESS_SECONDS = 1.0  # rank 0 tells the driver where it stands at most this often
 
@@ -62,10 +69,6 @@ def _all_gather(obj: Any) -> list[Any]:
 
 
 def _seed(job: JobConfig, rank: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(job.train.seed * 1000 + rank)
     np.random.seed(job.train.seed * 1000 + rank)
     torch.manual_seed(job.train.seed * 1000 + rank)
@@ -86,10 +89,9 @@ class Trainer:
     """One rank: engine, loaders, logger; `run()` trains to the end or to a stop."""
 
     def __init__(self, loop: LoopConfig) -> None:
+        # lazy: the driver imports this module before local_ray.start_ray, which must precede Ray
         import ray.train
         import ray.train.torch
-
-        from mmexpr.model.model import build_model
 
         self.job = job_from_dict(loop.job)
         self.run_dir = Path(loop.run_dir)
@@ -100,8 +102,6 @@ class Trainer:
         self.progress = Progress()
         self.logger = None
         if self.rank == 0:
-            from mmexpr.train.mlflow_run import RunLogger
-
             self.logger = RunLogger(loop.tracking_uri, loop.run_id)
 
         source = choose_source(self.run_dir, loop.resume_tag, loop.started_at)
@@ -168,8 +168,6 @@ class Trainer:
         self.logger.flush()
 
     def _make_train_loader(self, client: dict | None):
-        from mmexpr.data.loader import make_loader
-
         state = None
         if client is not None:
             states = client["loader"]
@@ -222,9 +220,6 @@ class Trainer:
             dist.broadcast(buffer.data, src=0)
 
     def _evaluate(self):
-        from mmexpr.data.loader import make_loader
-        from mmexpr.train.evaluation import evaluate
-
         self._sync_buffers()
         d = self.job.data
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
@@ -244,8 +239,6 @@ class Trainer:
 
     def _account(self, loader, split: str) -> None:
         """Sum the samples skipped by every rank; print and log them; stop above data.max_skipped."""
-        from mmexpr.train import data_loss
-
         total = data_loss.summed(loader.tally())
         samples = loader.manifest.samples
         if self.rank == 0 and total.skipped != self.progress.skips_said.get(split, 0):
@@ -358,12 +351,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     returns to the driver only metrics that come with a checkpoint. The model checkpoints
     themselves stay in the run folder (checkpoint.py), not copied into Ray's storage.
     """
-    import json
-    import tempfile
-
-    import ray.train
-
-    from mmexpr.train import fate
+    import ray.train  # lazy: see Trainer.__init__
 
     loop = LoopConfig.from_dict(config)
     fate.watch(loop.driver_pid, loop.driver_started)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 
+import ray
+
 from mmexpr.train import preemption
 
 
 def setup() -> None:
-    import ray
-
     preemption.install()
     gcs = ray.get_runtime_context().gcs_address
     if gcs:
