@@ -154,6 +154,7 @@ def test_muxed_corpus_is_split_by_actor_and_says_modalities_were_not_recorded_to
     assert again.reused
 
 
+@pytest.mark.slow
 def test_bench_learn_fits_its_baselines_and_scores_a_trained_variant_on_the_unseen_actors(shared_data: Path,
                                                                                          tmp_path: Path):
     """The whole `bench learn` path on a tiny muxed corpus: corpus, shards, the three baselines

@@ -23,7 +23,6 @@ from pathlib import Path
 from mmexpr.bench.baselines import BaselineResult, run_baseline, track_features
 from mmexpr.bench.table import Ratio, print_table
 from mmexpr.config import add_overrides_arg, load_job
-from mmexpr.data.encode import SAMPLE_RATE
 from mmexpr.data.pack import pack_corpus
 from mmexpr.predict.predict import PredictOptions, predict
 from mmexpr.predict.tracks import ShardTracks, TrackBuffer
@@ -57,7 +56,7 @@ def _tracks(shards: Path, split: str, image_size: int) -> list:
     for i in range(len(data.names)):
         pieces = data.pieces(i)
         first = next(pieces)
-        track = TrackBuffer(first, SAMPLE_RATE)
+        track = TrackBuffer(first, data.manifests[0].sample_rate)
         track.add(first)
         for piece in pieces:
             track.add(piece)

@@ -275,10 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rss", action="store_true", help="skip the gradient-checkpointing peak RSS")
     args = parser.parse_args(argv)
 
-    # lazy: Ray after start_ray; and the driver (MLflow, matplotlib) stays out of the spawned
-    # peak-RSS child (_step_peak_rss), which re-imports this module
-    import ray
-
+    # lazy: the driver (MLflow, matplotlib) stays out of the spawned peak-RSS child
+    # (_step_peak_rss), which re-imports this module
     from mmexpr.train.driver import start_ray
 
     scratch = args.preset == "scratch"
@@ -292,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         rss = {on: step_peak_rss(with_checkpointing(job, on)) for on in (True, False)}
     plain = None if args.no_overhead else plain_loop(job, batches, warmup)
     start_ray(job.model_copy(update={"train": job.train.model_copy(update={"workers": 2})}))
+    import ray  # lazy: after start_ray, which sets the loopback flag Ray reads at import
     try:
         full = None if args.no_overhead else _run(job, {"mode": "overhead", "batches": batches, "warmup": warmup}, 1)
         zero = {}

@@ -117,7 +117,8 @@ class ExprModel(nn.Module):
 
     def forward(self, batch: Batch) -> dict:
         """Batch -> {"embeddings" [B,T,hidden], "audio_mask" [B,T]} and each task's output ("logits"
-        [B,T,8], "va" [B,T,2], "au_logits" [B,T,12]), plus "loss" and "loss_parts" when the batch
+        [B,T,8], "va" [B,T,2], "au_logits" [B,T,12]; "logits_video" and "logits_audio" from the
+        unimodal heads when model.unimodal_weight > 0), plus "loss" and "loss_parts" when the batch
         has labels (padded frames ignored)."""
         mask = batch.mask.bool()
         frames = mask.shape[1]

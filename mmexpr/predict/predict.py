@@ -46,7 +46,6 @@ from mmexpr.errors import UserError
 from mmexpr.labels import NUM_AUS, NUM_CLASSES, write_task_submission
 from mmexpr.metrics import Scores, TaskScores, au_score, score, va_score
 from mmexpr.model.heads import smooth_probabilities
-from mmexpr.predict.from_mlflow import load_from_mlflow
 from mmexpr.predict.tracks import Piece, ShardTracks, TrackBuffer, TrackPieces, VideoTracks
 from mmexpr.predict.weights import load_checkpoint
 from mmexpr.predict.windows import LogitStitcher, softmax, window_starts
@@ -323,6 +322,8 @@ def load_model(opts: PredictOptions):
     """The model named by --run, --checkpoint or --model-uri, rebuilt from its job config."""
     if opts.checkpoint:
         return load_checkpoint(opts.checkpoint)
+
+    from mmexpr.predict.from_mlflow import load_from_mlflow  # lazy: --checkpoint needs no MLflow
 
     return load_from_mlflow(run=opts.run, model_uri=opts.model_uri, tracking_uri=opts.tracking_uri, output=opts.output)
 

@@ -16,6 +16,7 @@ the next flush.
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import tempfile
@@ -55,16 +56,13 @@ def git_commit() -> str:
 
 
 def versions() -> dict[str, str]:
-    # lazy: only their versions; the driver opens the run before Ray starts and never
-    # builds an engine, so it does not otherwise load DeepSpeed or Ray
-    import deepspeed
-    import ray
-
+    # Read from the installed metadata, not by importing: the driver opens the run before Ray
+    # starts (Ray reads its loopback setting at import) and never builds a DeepSpeed engine.
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "ray": ray.__version__,
+        "deepspeed": importlib.metadata.version("deepspeed"),
+        "ray": importlib.metadata.version("ray"),
         "mlflow": mlflow.__version__,
         "transformers": transformers.__version__,
     }

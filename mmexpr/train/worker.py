@@ -41,7 +41,6 @@ from mmexpr.train import data_loss, fate, preemption
 from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
 from mmexpr.train.evaluation import best_score, evaluate
 from mmexpr.train.handoff import LoopConfig, LoopResult, write_progress
-from mmexpr.train.mlflow_run import RunLogger
 
 PROGRESS_SECONDS = 1.0  # rank 0 tells the driver where it stands at most this often
 
@@ -102,6 +101,9 @@ class Trainer:
         self.progress = Progress()
         self.logger = None
         if self.rank == 0:
+            # lazy: only rank 0 loads MLflow and matplotlib
+            from mmexpr.train.mlflow_run import RunLogger
+
             self.logger = RunLogger(loop.tracking_uri, loop.run_id)
 
         source = choose_source(self.run_dir, loop.resume_tag, loop.started_at)
