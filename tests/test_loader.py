@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media import write_video
 
 from mmexpr.config import DataConfig
 from mmexpr.data.loader import make_loader, train_window_count
@@ -278,3 +279,24 @@ def test_state_from_another_layout_restarts_its_epoch(demo_shards: Path):
         other = make_loader(str(demo_shards), "train", data, train=True, seed=1, rank=1, world_size=2, state=state)
     assert other.state_dict()["batches"] == 0 and other.epoch == state["epoch"]
     assert len(_take(other, 2)) == 2
+
+
+@pytest.mark.parametrize("size", [(112, 112), (54, 54), (96, 64)])
+def test_decoded_frames_equal_ffmpegs_own_planes_converted_whatever_the_row_padding(tmp_path: Path, size):
+    """The decoder copies each plane past FFmpeg's padded line size; the frames must be exactly
+    those of PyAV's own plane array, converted by the same kernel (54: chroma rows that do not
+    fill whole luma rows; 96 x 64: width differs from height)."""
+    import av
+    import cv2
+
+    from mmexpr.data.decode import decode_video
+
+    rng = np.random.default_rng(0)
+    path = write_video(tmp_path / "v.mp4", 12, size=size, audio_rate=None,
+                       pixels=lambda i, w, h: rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    with av.open(io.BytesIO(data)) as container:
+        expected = np.stack([cv2.cvtColor(f.to_ndarray(), cv2.COLOR_YUV2RGB_I420) for f in container.decode(video=0)])
+    frames = decode_video(data)
+    assert frames.shape == (12, size[1], size[0], 3)
+    assert np.array_equal(frames, expected)

@@ -146,3 +146,16 @@ def test_best_and_latest_pointers_move_off_a_corrupt_checkpoint(tmp_path):
 def test_checkpoints_saved_before_files_were_recorded_still_load(tmp_path):
     old = _publish(tmp_path, 10, time.time())  # meta.json without a record of files
     assert ckpt.problem(old) is None and ckpt.latest_intact(tmp_path).name == old.name
+
+
+def test_client_state_reads_rank_zeros_model_states_under_zero3_naming(tmp_path):
+    """ZeRO-3 names its model states per rank; a resume on another layout reads rank 0's."""
+    import torch
+
+    tag = tmp_path / "step-00000002"
+    tag.mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="no DeepSpeed model-states file"):
+        ckpt.load_client_state(tag)
+    torch.save({"module": {}, "step": 2, "best_f1": 0.5}, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    torch.save({"module": {}, "step": 99}, tag / "zero_pp_rank_1_mp_rank_00_model_states.pt")
+    assert ckpt.load_client_state(tag) == {"step": 2, "best_f1": 0.5}

@@ -6,7 +6,8 @@ core (DataLoader workers); extra threads only contend.
 
 Where the time went: with decord, converting each frame to RGB (its swscale filter graph)
 cost about as much as decoding the H.264 itself. Here PyAV hands over each frame's planar
-YUV 4:2:0 planes untouched (one contiguous copy) and OpenCV converts them with its SIMD
+YUV 4:2:0 planes untouched (copied plane by plane into one reusable buffer, without
+PyAV's per-frame array and concatenation) and OpenCV converts them with its SIMD
 I420 kernel straight into the chunk's output array: no intermediate RGB frame, no
 per-frame allocation, no stacking copy. Frames that are not 4:2:0 with even sides fall back
 to PyAV's own RGB conversion. Resizing, when the shard's size is not the training size,
@@ -16,6 +17,7 @@ runs on uint8 (torch's antialiased bilinear kernel) rather than on a float copy.
 from __future__ import annotations
 
 import io
+import itertools
 import wave
 
 import av
@@ -29,6 +31,26 @@ class MemberError(Exception):
     """A shard member that cannot be decoded; the loader skips the sample and counts it."""
 
 
+def _i420_planes(height: int, width: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A reusable I420 buffer [H * 3/2, W] as OpenCV reads it (Y, then U, then V, each packed
+    without row padding) and views of its three planes [H, W], [H/2, W/2], [H/2, W/2]."""
+    buffer = np.empty((height * 3 // 2, width), np.uint8)
+    flat = buffer.reshape(-1)
+    luma, chroma = height * width, (height // 2) * (width // 2)
+    planes = (flat[:luma].reshape(height, width),
+              flat[luma:luma + chroma].reshape(height // 2, width // 2),
+              flat[luma + chroma:luma + 2 * chroma].reshape(height // 2, width // 2))
+    return buffer, planes
+
+
+def _copy_planes(frame, planes: tuple[np.ndarray, ...]) -> None:
+    """The frame's decoded planes into the I420 buffer, dropping FFmpeg's row padding (its
+    line size is aligned past the width): one copy per plane, no concatenation."""
+    for plane, dst in zip(frame.planes, planes, strict=True):
+        rows, cols = dst.shape
+        dst[...] = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+
+
 def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
     """Every frame of `stream` as RGB: [F, H, W, 3] uint8 (a list of frames on the fallback path)."""
     height, width = stream.codec_context.height, stream.codec_context.width
@@ -40,16 +62,17 @@ def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
     if not planar or (first.height, first.width) != (height, width):
         return [f.to_ndarray(format="rgb24") for f in (first, *frames)]
     out = np.empty((max(stream.frames or 0, 1), height, width, 3), np.uint8)
+    yuv, planes = _i420_planes(height, width)
     convert, code = cv2.cvtColor, cv2.COLOR_YUV2RGB_I420
-    convert(first.to_ndarray(), code, dst=out[0])  # [H * 3/2, W] planes: Y, then U, then V
-    n = 1
+    n = 0
     extra: list[np.ndarray] = []
-    for frame in frames:  # one hot loop: the stream's format does not change between frames
+    for frame in itertools.chain([first], frames):  # the stream's format does not change between frames
+        _copy_planes(frame, planes)
         if n < len(out):
-            convert(frame.to_ndarray(), code, dst=out[n])
+            convert(yuv, code, dst=out[n])
             n += 1
         else:  # the container under-reported its frame count
-            extra.append(convert(frame.to_ndarray(), code))
+            extra.append(convert(yuv, code))
     return [*out[:n], *extra] if extra else out[:n]
 
 

@@ -71,7 +71,7 @@ def deepspeed_state_dict(path: Path) -> dict:
     tag_dir = root / (tag or (root / "latest").read_text().strip())
     if not any(tag_dir.glob("*optim_states.pt")) or _zero_stage(tag_dir) == 0:
         # ZeRO stage 0 keeps whole fp32 weights in the model-states file; nothing to merge.
-        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        states = torch.load(ckpt.model_states_file(tag_dir), map_location="cpu", weights_only=False)
         return dict(states["module"])
     return dict(get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag))
 

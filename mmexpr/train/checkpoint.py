@@ -3,6 +3,7 @@
 Folder of one run: `<run_dir>/checkpoints/`
     step-00000040/            one published checkpoint (a DeepSpeed tag folder)
         mp_rank_00_model_states.pt, zero_pp_rank_*_optim_states.pt   DeepSpeed's shards
+                              (ZeRO-3: zero_pp_rank_*_mp_rank_00_model_states.pt, one per rank)
         portable.pt           consolidated fp32 weights + full Adam moments, by parameter name
         meta.json             step, world size, ZeRO stage, eval F1, size + sha256 of every
                               other file: written last
@@ -485,9 +486,21 @@ def load_sharded(engine, tag_dir: Path) -> dict[str, Any]:
     return client_state
 
 
+MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+def model_states_file(tag_dir: Path) -> Path:
+    """Rank 0's model-states file: DeepSpeed writes one for the whole model under ZeRO 0-2 and
+    one per rank under ZeRO-3 (each with the client state), named differently."""
+    for name in MODEL_STATES:
+        if (Path(tag_dir) / name).is_file():
+            return Path(tag_dir) / name
+    raise CheckpointError(f"{tag_dir}: no DeepSpeed model-states file (expected one of {', '.join(MODEL_STATES)})")
+
+
 def load_client_state(tag_dir: Path) -> dict[str, Any]:
     """The client state (step, loader, RNG, ...) without DeepSpeed, from the model-states file."""
-    states = torch.load(Path(tag_dir) / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    states = torch.load(model_states_file(tag_dir), map_location="cpu", weights_only=False)
     drop = {"module", "optimizer", "lr_scheduler", "ds_config", "ds_version", "param_shapes",
             "frozen_param_shapes", "shared_params", "frozen_param_fragments", "buffer_names"}
     return {k: v for k, v in states.items() if k not in drop}
