@@ -10,6 +10,7 @@ import torch
 from mmexpr.config import EncoderConfig
 from mmexpr.labels import prompts
 from mmexpr.model.encoders import (
+    AudioEncoder,
     EncoderUnavailableError,
     build_audio,
     build_text,
@@ -253,3 +254,53 @@ def test_a_released_speech_checkpoint_loads_without_layer_drop_or_time_masks(tmp
     Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
     encoder = build_audio(EncoderConfig(name=str(tmp_path / "w2v"), train="full"), "pretrained")
     assert encoder.backbone.config.layerdrop == 0.0 and encoder.backbone.config.mask_time_prob == 0.0
+
+
+def test_logmel_stats_encoder_gives_a_clip_the_same_vector_padded_or_not_in_train_or_eval():
+    """The utterance-statistics encoder: statistics over valid frames only (padding changes
+    nothing), and a standardisation that does not depend on the batch once it has settled."""
+    from mmexpr.model.logmel import LogMelStatsConfig, LogMelStatsEncoder
+
+    torch.manual_seed(0)
+    encoder = AudioEncoder(LogMelStatsEncoder(LogMelStatsConfig(norm_batches=3, dropout=0.0)),
+                           EncoderConfig(name="tiny-logmel-stats", train="full"))
+    audio, lengths = torch.randn(2, 32000), torch.tensor([32000, 16000])
+    for _ in range(3):  # the batches that set the standardisation
+        encoder(audio * torch.rand(2, 1), lengths)
+    hidden, steps = encoder(audio, lengths)
+    assert hidden.shape[:2] == (2, 101) and steps.tolist() == [101, 51]
+    alone, _ = encoder(audio[1:, :16000], lengths[1:])
+    padded, _ = encoder(torch.cat([audio[1:, :16000], torch.zeros(1, 24000)], 1), lengths[1:])
+    noise_after, _ = encoder(torch.cat([audio[1:, :16000], torch.randn(1, 8000)], 1), lengths[1:])
+    for other in (alone, padded, noise_after):
+        assert torch.allclose(hidden[1, 0], other[0, 0], atol=1e-5)
+    assert torch.allclose(hidden[1], hidden[1, :1].expand(101, -1))  # one vector per context
+    with torch.no_grad():
+        trained = encoder(audio, lengths)[0]
+        evaluated = encoder.eval()(audio, lengths)[0]
+    assert torch.equal(trained, evaluated)
+    assert torch.allclose(encoder(audio[:1], lengths[:1])[0][0], evaluated[0], atol=1e-5)  # nothing from the batch
+
+
+def test_logmel_stats_encoder_learns_a_separable_voice_property():
+    """Two classes that differ only in pitch: a few optimiser steps separate them."""
+    from mmexpr.model.logmel import LogMelStatsConfig, LogMelStatsEncoder
+
+    torch.manual_seed(0)
+    encoder = AudioEncoder(LogMelStatsEncoder(LogMelStatsConfig(norm_batches=1)),
+                           EncoderConfig(name="tiny-logmel-stats", train="full"))
+    head = torch.nn.Linear(encoder.dim, 2)
+    t = torch.arange(16000) / 16000
+    labels = torch.tensor([0, 1] * 4)
+    pitch = torch.where(labels == 0, 200.0, 1200.0) * (1 + 0.1 * torch.rand(8))
+    audio = torch.sin(2 * torch.pi * pitch[:, None] * t) + 0.3 * torch.randn(8, 16000)
+    lengths = torch.full((8,), 16000)
+    optimiser = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(head(encoder(audio, lengths)[0][:, 0]), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]

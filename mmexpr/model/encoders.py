@@ -48,7 +48,7 @@ from transformers import (
 
 from mmexpr.config import EncoderConfig
 from mmexpr.errors import UserError
-from mmexpr.model.logmel import LogMelEncoder
+from mmexpr.model.logmel import LogMelEncoder, LogMelStatsEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -452,7 +452,11 @@ def _tiny_audio_config(name: str):
 def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") -> AudioEncoder:
     """Wav2Vec2 by default; HuBERT, WavLM (or any AutoModel speech encoder) by name. The tiny
     preset builds a small random one of the family, or the log-mel encoder (model/logmel.py)
-    when the name says `logmel`: the front end that learns speech from scratch."""
+    when the name says `logmel`: the front end that learns speech from scratch (`logmel-stats`:
+    its utterance-statistics form, one vector per context like the MFCC baseline)."""
+    if preset == "tiny" and "logmel-stats" in spec.name.lower():
+        # no waveform normalisation: loudness is part of an expression; the encoder standardises its statistics
+        return AudioEncoder(LogMelStatsEncoder(), spec, normalize=False)
     if preset == "tiny" and "logmel" in spec.name.lower():
         return AudioEncoder(LogMelEncoder(), spec)
     if preset == "tiny":

@@ -86,3 +86,120 @@ class LogMelEncoder(nn.Module):
         raise NotImplementedError(
             "the log-mel audio encoder has no Hugging Face format; its weights live in the model's checkpoint"
         )
+
+
+@dataclass(frozen=True)
+class LogMelStatsConfig:
+    """The fields `AudioEncoder` reads from a Hugging Face speech config, then the network's own."""
+
+    feat_extract_norm: str = "layer"  # AudioEncoder passes the valid-sample mask
+    hidden_size: int = 128
+    sample_rate: int = 16000
+    n_mels: int = 40
+    # cepstral coefficients kept (the DCT of the log-mel, as MFCC): the low ones describe the
+    # spectral envelope, which carries across speakers; the fine detail they drop identifies them.
+    # 0 keeps the log-mel bands.
+    n_mfcc: int = 20
+    # training batches whose statistics set the feature standardisation; frozen after them
+    norm_batches: int = 50
+    dropout: float = 0.2
+
+
+class FrozenStandardiser(nn.Module):
+    """Per-feature standardisation from the first training batches, then fixed.
+
+    BatchNorm's statistics differ between training (the batch) and evaluation (the running
+    average), and with few utterances per batch the two disagree enough to move predictions.
+    Here every forward, training or evaluation, divides by the same stored statistics; they
+    only accumulate (a plain average, summed over ranks) during the first training batches.
+    """
+
+    def __init__(self, features: int, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+        self.register_buffer("seen", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(features, dtype=torch.float64))
+        self.register_buffer("square", torch.zeros(features, dtype=torch.float64))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and int(self.updates) < self.batches:
+            self._accumulate(x.detach())
+        if float(self.seen) == 0:
+            return x
+        mean = self.total / self.seen
+        std = (self.square / self.seen - mean**2).clamp(min=1e-8).sqrt()
+        return ((x.double() - mean) / std).to(x.dtype)
+
+    @torch.no_grad()
+    def _accumulate(self, x: torch.Tensor) -> None:
+        sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x**2).sum(0)]).double()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)  # every rank standardises with the same numbers
+        features = self.total.shape[0]
+        self.seen += sums[0]
+        self.total += sums[1 : 1 + features]
+        self.square += sums[1 + features :]
+        self.updates += 1
+
+
+class LogMelStatsEncoder(nn.Module):
+    """The MFCC baseline's inductive bias, learned end to end: one vector per audio context.
+
+    The mean and standard deviation of the cepstrum over the context's valid
+    frames describe an utterance's timbre and prosody; a convolutional front end trained from
+    scratch on a few actors fits their voices instead. Only frames whose whole analysis window
+    lies in the valid samples count, so a clip gives the same vector however much padding
+    follows it. The vector, standardised, goes through a small MLP and is repeated at every
+    step, so the temporal model and fusion see the usual [B, F, hidden] sequence.
+    """
+
+    def __init__(self, config: LogMelStatsConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LogMelStatsConfig()
+        c = self.config
+        self.window = 400
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=c.sample_rate, n_fft=512, win_length=self.window, hop_length=HOP, n_mels=c.n_mels
+        )
+        features = c.n_mfcc or c.n_mels
+        self.register_buffer("dct", torchaudio.functional.create_dct(c.n_mfcc, c.n_mels, "ortho") if c.n_mfcc
+                             else torch.eye(c.n_mels), persistent=False)
+        self.norm = FrozenStandardiser(2 * features, c.norm_batches)
+        self.head = nn.Sequential(
+            nn.Dropout(c.dropout), nn.Linear(2 * features, c.hidden_size), nn.GELU(),
+            nn.Linear(c.hidden_size, c.hidden_size), nn.LayerNorm(c.hidden_size),
+        )
+
+    def _get_feat_extract_output_lengths(self, samples: torch.Tensor) -> torch.Tensor:
+        return torch.div(samples, HOP, rounding_mode="floor") + 1  # MelSpectrogram's centred frames
+
+    def _inside(self, samples: torch.Tensor, steps: int) -> torch.Tensor:
+        """[B, F]: frames whose analysis window ends within the valid samples (at least one)."""
+        last = torch.div(samples - self.window // 2, HOP, rounding_mode="floor").clamp(min=0)
+        return torch.arange(steps, device=samples.device)[None, :] <= last[:, None]
+
+    def statistics(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, 2 * features]: mean and standard deviation of the cepstrum over valid frames."""
+        self.mel.float()
+        with torch.autocast(x.device.type, enabled=False):
+            spec = torch.log(self.mel(x.float()) + 1e-5).transpose(1, 2)  # [B, F, n_mels]
+            samples = torch.full((x.shape[0],), x.shape[1], device=x.device) if attention_mask is None \
+                else attention_mask.sum(1)
+            w = self._inside(samples, spec.shape[1]).unsqueeze(-1).float()
+            spec = spec @ self.dct.float()
+            count = w.sum(1)
+            mean = (spec * w).sum(1) / count
+            std = ((((spec - mean[:, None]) * w) ** 2).sum(1) / count + 1e-5).sqrt()
+            return self.norm.float()(torch.cat([mean, std], -1))
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        stats = self.statistics(x, attention_mask)
+        h = self.head(stats.to(self.head[1].weight.dtype))
+        steps = int(self._get_feat_extract_output_lengths(torch.tensor(x.shape[1])))
+        return SimpleNamespace(last_hidden_state=h[:, None].expand(-1, steps, -1))
+
+    def save_pretrained(self, folder: str) -> None:
+        raise NotImplementedError(
+            "the log-mel audio encoder has no Hugging Face format; its weights live in the model's checkpoint"
+        )
