@@ -284,8 +284,8 @@ def test_state_from_another_layout_restarts_its_epoch(demo_shards: Path):
 @pytest.mark.parametrize("size", [(112, 112), (54, 54), (96, 64)])
 def test_decoded_frames_equal_ffmpegs_own_planes_converted_whatever_the_row_padding(tmp_path: Path, size):
     """The decoder copies each plane past FFmpeg's padded line size; the frames must be exactly
-    those of PyAV's own plane array, converted by the same kernel (54: chroma rows that do not
-    fill whole luma rows; 96 x 64: width differs from height)."""
+    those of PyAV's own plane array, converted by the same kernel (54: chroma planes 27 wide;
+    96 x 64: width differs from height)."""
     import av
     import cv2
 

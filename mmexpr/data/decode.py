@@ -66,7 +66,10 @@ def _frames_rgb(container, stream) -> list[np.ndarray] | np.ndarray:
     convert, code = cv2.cvtColor, cv2.COLOR_YUV2RGB_I420
     n = 0
     extra: list[np.ndarray] = []
-    for frame in itertools.chain([first], frames):  # the stream's format does not change between frames
+    for frame in itertools.chain([first], frames):
+        if frame.format.name != "yuv420p" or (frame.height, frame.width) != (height, width):
+            raise MemberError(f"mp4 changes frame size or format mid-stream ({frame.width}x{frame.height} "
+                              f"{frame.format.name} after {width}x{height} yuv420p)")
         _copy_planes(frame, planes)
         if n < len(out):
             convert(yuv, code, dst=out[n])
