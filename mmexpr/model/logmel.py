@@ -7,7 +7,12 @@ voices"). A fixed mel filterbank gives the network the representation the MFCC b
 starts from, and the mean and standard deviation over the window's audio context give
 every frame the utterance-level prosody that the baseline's statistics carry.
 
-It plays the role of a Hugging Face backbone inside `encoders.AudioEncoder`: `forward(x,
+`LogMelStatsEncoder` goes one step further, to the baseline's own form: the mean and
+standard deviation of MFCCs over the context's valid frames, standardised with statistics
+frozen early in training, through a small MLP; one vector per context, repeated at every step.
+`jobs/from-scratch.yaml` uses it (README, "Learning on real faces and voices").
+
+Each plays the role of a Hugging Face backbone inside `encoders.AudioEncoder`: `forward(x,
 attention_mask)` returns an object with `last_hidden_state` [B, F, hidden] at 50 steps per
 second (wav2vec2's rate, so the alignment to frames is the same), and
 `_get_feat_extract_output_lengths` maps valid samples to valid steps.
@@ -26,15 +31,21 @@ HOP = 320  # samples per step at 16 kHz: 50 steps per second, like wav2vec2
 
 
 @dataclass(frozen=True)
-class LogMelConfig:
-    """The fields `AudioEncoder` reads from a Hugging Face speech config, then the network's own."""
+class SpeechConfig:
+    """The fields `AudioEncoder` reads from a Hugging Face speech config, shared by both
+    log-mel encoders; "layer" makes AudioEncoder pass the valid-sample mask (the statistics
+    need it)."""
 
-    # "layer": AudioEncoder passes the valid-sample mask (the statistics need it).
     feat_extract_norm: str = "layer"
     hidden_size: int = 128
     sample_rate: int = 16000
-    # the network: mel bands, convolution layers and their kernel
     n_mels: int = 64
+
+
+@dataclass(frozen=True)
+class LogMelConfig(SpeechConfig):
+    """The convolution network: its layers and their kernel."""
+
     layers: int = 3
     kernel: int = 5
 
@@ -89,18 +100,14 @@ class LogMelEncoder(nn.Module):
 
 
 @dataclass(frozen=True)
-class LogMelStatsConfig:
-    """The fields `AudioEncoder` reads from a Hugging Face speech config, then the network's own."""
+class LogMelStatsConfig(SpeechConfig):
+    """The statistics encoder: `n_mfcc` cepstral coefficients kept (the DCT of the log-mel, as
+    MFCC; 0 keeps the bands): the low ones describe the spectral envelope, which carries across
+    speakers, the fine detail they drop identifies them. `norm_batches` training batches set the
+    feature standardisation, frozen after them."""
 
-    feat_extract_norm: str = "layer"  # AudioEncoder passes the valid-sample mask
-    hidden_size: int = 128
-    sample_rate: int = 16000
     n_mels: int = 40
-    # cepstral coefficients kept (the DCT of the log-mel, as MFCC): the low ones describe the
-    # spectral envelope, which carries across speakers; the fine detail they drop identifies them.
-    # 0 keeps the log-mel bands.
     n_mfcc: int = 20
-    # training batches whose statistics set the feature standardisation; frozen after them
     norm_batches: int = 50
     dropout: float = 0.2
 
