@@ -71,6 +71,15 @@ class EncoderConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
+def logmel_kind(name: str, preset: str) -> str | None:
+    """Which from-scratch log-mel audio encoder (model/logmel.py) a tiny preset's audio name asks
+    for: "stats", "conv", or None for a Hugging Face family. One rule: the model builds by it and
+    the job's validation checks by it."""
+    if preset != "tiny" or "logmel" not in name.lower():
+        return None
+    return "stats" if "logmel-stats" in name.lower() else "conv"
+
+
 class ModelConfig(_Strict):
     """The paper's model; every part switchable (docs/ARCHITECTURE.md has its path)."""
 
@@ -228,6 +237,16 @@ class JobConfig(_Strict):
         if self.train.best_metric not in ("auto", "mean", *self.model.tasks):
             raise ValueError(
                 f"train.best_metric: {self.train.best_metric!r} is not in model.tasks {self.model.tasks}"
+            )
+        if logmel_kind(self.model.audio.name, self.model.preset) and self.model.audio.train != "full":
+            raise ValueError(
+                f"model.audio.train: {self.model.audio.train!r}; the log-mel encoder {self.model.audio.name!r} "
+                "has no pretrained weights (frozen, it stays random and never fits its statistics); expected full"
+            )
+        if self.model.unimodal_weight > 0 and self.model.modalities != "audio_video":
+            raise ValueError(
+                f"model.unimodal_weight: {self.model.unimodal_weight} needs both modalities; "
+                f"model.modalities is {self.model.modalities!r} (set the weight to 0)"
             )
         if self.model.hidden % self.model.fusion_heads:
             raise ValueError(

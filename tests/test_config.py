@@ -93,6 +93,22 @@ def test_cross_field_check_runs_at_load(tmp_path: Path) -> None:
         load_job(write(tmp_path, "model:\n  hidden: 30\n  fusion_heads: 4\n"))
 
 
+def test_a_log_mel_audio_encoder_that_would_stay_random_is_refused_with_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  preset: tiny\n  audio: {name: tiny-logmel-stats}\n")
+    with pytest.raises(ConfigError, match=r"model\.audio\.train: 'frozen'.*no pretrained weights.*expected full"):
+        load_job(path)
+    assert load_job(path, ["model.audio.train=full"]).model.audio.train == "full"
+    # the same name under a real preset is a Hugging Face id, not the log-mel encoder
+    assert load_job(path, ["model.preset=pretrained"]).model.audio.train == "frozen"
+
+
+def test_a_unimodal_loss_weight_without_both_modalities_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  unimodal_weight: 0.5\n")
+    assert load_job(path).model.unimodal_weight == 0.5
+    with pytest.raises(ConfigError, match=r"model\.unimodal_weight: 0\.5 needs both modalities.*'video'"):
+        load_job(path, ["model.modalities=video"])
+
+
 def test_resolved_config_round_trips_through_its_file(tmp_path: Path) -> None:
     job = load_job(write(tmp_path, "train:\n  lr: 0.002\n"), ["model.temporal=none"])
     written = job.write(tmp_path / "out" / "config.yaml")

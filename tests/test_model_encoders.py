@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmexpr.config import EncoderConfig
+from mmexpr.errors import UserError
 from mmexpr.labels import prompts
 from mmexpr.model.encoders import (
     AudioEncoder,
@@ -239,8 +240,6 @@ def test_logmel_audio_encoder_runs_at_50_steps_per_second_and_ignores_padding():
     encoder.train()
     encoder(audio, lengths)[0].sum().backward()
     assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
-    with pytest.raises(NotImplementedError, match="checkpoint"):
-        encoder.save_pretrained("unused")
 
 
 def test_a_released_speech_checkpoint_loads_without_layer_drop_or_time_masks(tmp_path):
@@ -280,6 +279,39 @@ def test_logmel_stats_encoder_gives_a_clip_the_same_vector_padded_or_not_in_trai
         evaluated = encoder.eval()(audio, lengths)[0]
     assert torch.equal(trained, evaluated)
     assert torch.allclose(encoder(audio[:1], lengths[:1])[0][0], evaluated[0], atol=1e-5)  # nothing from the batch
+
+
+@pytest.mark.parametrize("name", ["tiny-logmel", "tiny-logmel-stats"])
+def test_log_mel_encoders_refuse_a_hugging_face_folder_naming_it(name, tmp_path):
+    """Their weights live in the model's checkpoint; a folder that looked like a Hugging Face
+    model would later load as another one."""
+    encoder = build_audio(EncoderConfig(name=name, train="full"), "tiny")
+    with pytest.raises(UserError, match=r"(?s)out/audio.*no Hugging Face format.*checkpoint"):
+        encoder.backbone.save_pretrained(str(tmp_path / "out" / "audio"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_frozen_standardiser_counts_only_windows_with_audio_and_survives_a_reload():
+    """A window without audio (a video with no sound track) is a constant vector: counted, it
+    would pull the frozen mean towards silence. A reloaded standardiser uses the loaded numbers."""
+    from mmexpr.model.logmel import FrozenStandardiser
+
+    torch.manual_seed(0)
+    norm = FrozenStandardiser(3, batches=2).train()
+    voiced = torch.randn(2, 4, 3) * 2 + 5
+    for batch in voiced:
+        silent = torch.full((2, 3), -11.5)
+        norm(torch.cat([batch, silent]), keep=torch.tensor([True] * 4 + [False] * 2))
+    assert float(norm.seen) == 8 and int(norm.updates) == 2
+    assert torch.allclose(norm.total / norm.seen, voiced.reshape(8, 3).mean(0), atol=1e-5)
+    frozen = norm(voiced[0])  # past its batches: nothing more accumulates
+    assert float(norm.seen) == 8
+    fresh = FrozenStandardiser(3, batches=2).eval()
+    assert torch.equal(fresh(voiced[0]), voiced[0])  # no statistics yet: passes through
+    fresh.load_state_dict(norm.state_dict())
+    assert torch.allclose(fresh(voiced[0]), frozen)
+    assert fresh.bfloat16().total.dtype == torch.bfloat16  # the engine's cast ...
+    assert fresh(voiced[0]).dtype == torch.float32 and fresh.total.dtype == torch.float32  # ... undone
 
 
 def test_logmel_stats_encoder_learns_a_separable_voice_property():

@@ -110,6 +110,62 @@ def test_one_worker_runs_zero_stage_0_unless_it_offloads():
     assert config["zero_optimization"]["stage"] == 3 and "offload_optimizer" in config["zero_optimization"]
 
 
+def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_pytorch(monkeypatch):
+    """Over one rank DeepSpeed's after-backward all-reduce averages nothing but copies every
+    gradient twice; skipped, the engine's steps still equal plain PyTorch's on the same batches."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from mmexpr.bench.train import _batches
+    from mmexpr.model.model import build_model
+    from mmexpr.train.engine import (
+        build_engine,
+        make_optimizer,
+        make_scheduler,
+        placement,
+        to_device,
+    )
+
+    job = load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4", "data.window=4",
+                          "data.image_size=32", "data.batch_size=2", "train.zero_stage=2", "train.grad_clip=0.5",
+                          "model.visual={name: tiny-clip-vision, train: full}",
+                          "model.audio={name: tiny-wav2vec2, train: full}", "model.text={name: tiny-clip-text, train: frozen}"])
+    batches = _batches(job, 3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)  # what a Ray Train worker has; DeepSpeed reads them
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = build_model(job.model, None).train()
+        torch.manual_seed(0)
+        engine, _, _ = build_engine(build_model(job.model, None).train(), job, placement(job, torch.device("cpu")))
+        assert engine.zero_optimization_stage() == 0 and not engine.enable_backward_allreduce
+        optimizer = make_optimizer(plain, job)
+        scheduler = make_scheduler(optimizer, job)
+        for batch in batches:
+            torch.manual_seed(1)
+            loss = plain(batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(plain.parameters(), job.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            torch.manual_seed(1)
+            out = engine(to_device(batch, torch.device("cpu"), False))
+            engine.backward(out["loss"])
+            engine.step()
+            assert torch.allclose(out["loss"], loss, atol=1e-5)
+        for (name, a), b in zip(plain.named_parameters(), engine.module.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5), name
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------- the cluster the driver starts
 
 

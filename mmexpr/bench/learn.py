@@ -77,7 +77,8 @@ def run_baselines(shards: Path, image_size: int, context_s: float) -> dict:
 
 def train_variant(job_file: str, overrides: list[str], variant: str, shards: Path, work: Path) -> NeuralResult:
     begin = time.perf_counter()
-    job = load_job(job_file, [*overrides, f"data.shards={shards}", f"output={work / 'runs'}",
+    single = [] if variant == "audio_video" else ["model.unimodal_weight=0"]  # a fusion-only loss
+    job = load_job(job_file, [*overrides, *single, f"data.shards={shards}", f"output={work / 'runs'}",
                               f"model.modalities={variant}", f"name=learn-{variant}",
                               "track.experiment=bench-learn", "track.register_model=", "train.progress=false"])
     result = run_training(job)

@@ -46,7 +46,7 @@ from transformers import (
     WavLMConfig,
 )
 
-from mmexpr.config import EncoderConfig
+from mmexpr.config import EncoderConfig, logmel_kind
 from mmexpr.errors import UserError
 from mmexpr.model.logmel import LogMelEncoder, LogMelStatsEncoder
 
@@ -454,10 +454,11 @@ def build_audio(spec: EncoderConfig, preset: str, field: str = "model.audio") ->
     preset builds a small random one of the family, or the log-mel encoder (model/logmel.py)
     when the name says `logmel`: the front end that learns speech from scratch (`logmel-stats`:
     its utterance-statistics form, one vector per context like the MFCC baseline)."""
-    if preset == "tiny" and "logmel-stats" in spec.name.lower():
+    logmel = logmel_kind(spec.name, preset)
+    if logmel == "stats":
         # no waveform normalisation: loudness is part of an expression; the encoder standardises its statistics
         return AudioEncoder(LogMelStatsEncoder(), spec, normalize=False)
-    if preset == "tiny" and "logmel" in spec.name.lower():
+    if logmel == "conv":
         return AudioEncoder(LogMelEncoder(), spec)
     if preset == "tiny":
         return AudioEncoder(AutoModel.from_config(_tiny_audio_config(spec.name)), spec)

@@ -27,7 +27,18 @@ import torch
 import torchaudio
 from torch import nn
 
+from mmexpr.errors import UserError
+
 HOP = 320  # samples per step at 16 kHz: 50 steps per second, like wav2vec2
+
+
+def refuse_save_pretrained(folder: str) -> None:
+    """Both log-mel encoders: there is no Hugging Face format to write, and a folder that looked
+    like one would later load as a different model; their weights travel in the checkpoint."""
+    raise UserError(
+        f"{folder}: the log-mel audio encoders have no Hugging Face format; their weights live in the "
+        "model's checkpoint (predict and resume read them from there)"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,9 +105,7 @@ class LogMelEncoder(nn.Module):
         return SimpleNamespace(last_hidden_state=h)
 
     def save_pretrained(self, folder: str) -> None:
-        raise NotImplementedError(
-            "the log-mel audio encoder has no Hugging Face format; its weights live in the model's checkpoint"
-        )
+        refuse_save_pretrained(folder)
 
 
 @dataclass(frozen=True)
@@ -118,29 +127,51 @@ class FrozenStandardiser(nn.Module):
     BatchNorm's statistics differ between training (the batch) and evaluation (the running
     average), and with few utterances per batch the two disagree enough to move predictions.
     Here every forward, training or evaluation, divides by the same stored statistics; they
-    only accumulate (a plain average, summed over ranks) during the first training batches.
+    only accumulate (a plain average, summed over ranks) during the first training batches,
+    and only over rows that hold audio (a window without any gives a constant vector that
+    would pull the mean towards silence).
+
+    The sums are float32 buffers: the engine casts the model's floating buffers to its
+    precision, and `forward` brings them back to float32 (bf16 would keep 3 digits). Whether
+    the statistics are still accumulating, or exist at all, is cached on the Python side so a
+    forward does not wait for the GPU to answer; loading a state dict clears the cache.
     """
 
     def __init__(self, features: int, batches: int) -> None:
         super().__init__()
         self.batches = batches
-        self.register_buffer("seen", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("total", torch.zeros(features, dtype=torch.float64))
-        self.register_buffer("square", torch.zeros(features, dtype=torch.float64))
+        self.register_buffer("seen", torch.zeros(()))
+        self.register_buffer("total", torch.zeros(features))
+        self.register_buffer("square", torch.zeros(features))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._state: tuple[bool, bool] | None = None  # (still accumulating, has statistics)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and int(self.updates) < self.batches:
-            self._accumulate(x.detach())
-        if float(self.seen) == 0:
+    def _status(self) -> tuple[bool, bool]:
+        if self._state is None:
+            self._state = (int(self.updates) < self.batches, float(self.seen) > 0)
+        return self._state
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._state = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` [B] bool: the rows that count towards the statistics (default all)."""
+        for name in ("seen", "total", "square"):
+            buffer = getattr(self, name)
+            if buffer.dtype != torch.float32:
+                setattr(self, name, buffer.float())
+        if self.training and self._status()[0]:
+            self._accumulate(x.detach().float() if keep is None else x.detach().float()[keep])
+        if not self._status()[1]:
             return x
         mean = self.total / self.seen
         std = (self.square / self.seen - mean**2).clamp(min=1e-8).sqrt()
-        return ((x.double() - mean) / std).to(x.dtype)
+        return ((x.float() - mean) / std).to(x.dtype)
 
     @torch.no_grad()
     def _accumulate(self, x: torch.Tensor) -> None:
-        sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x**2).sum(0)]).double()
+        sums = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), (x**2).sum(0)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)  # every rank standardises with the same numbers
         features = self.total.shape[0]
@@ -148,6 +179,7 @@ class FrozenStandardiser(nn.Module):
         self.total += sums[1 : 1 + features]
         self.square += sums[1 + features :]
         self.updates += 1
+        self._state = (int(self.updates) < self.batches, float(self.seen) > 0)
 
 
 class LogMelStatsEncoder(nn.Module):
@@ -198,7 +230,7 @@ class LogMelStatsEncoder(nn.Module):
             count = w.sum(1)
             mean = (spec * w).sum(1) / count
             std = ((((spec - mean[:, None]) * w) ** 2).sum(1) / count + 1e-5).sqrt()
-            return self.norm.float()(torch.cat([mean, std], -1))
+            return self.norm(torch.cat([mean, std], -1), keep=samples > 0)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
         stats = self.statistics(x, attention_mask)
@@ -207,6 +239,4 @@ class LogMelStatsEncoder(nn.Module):
         return SimpleNamespace(last_hidden_state=h[:, None].expand(-1, steps, -1))
 
     def save_pretrained(self, folder: str) -> None:
-        raise NotImplementedError(
-            "the log-mel audio encoder has no Hugging Face format; its weights live in the model's checkpoint"
-        )
+        refuse_save_pretrained(folder)

@@ -143,13 +143,21 @@ def build_engine(model: torch.nn.Module, job: JobConfig, place: Placement):
     broadcast_scalar_params(model)
     optimizer = make_optimizer(model, job)
     scheduler = make_scheduler(optimizer, job)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    stage = zero_stage_for(job, world)
     engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(job, place, zero_stage_for(job, dist.get_world_size() if dist.is_initialized() else 1)),
+        config=deepspeed_config(job, place, stage),
         dist_init_required=False,
     )
+    if world == 1 and stage == 0:
+        # Without ZeRO, DeepSpeed all-reduces gradients after every backward by flattening them
+        # into buckets and copying the averages back: over one rank that averages nothing and
+        # is whole extra passes over the gradients, the largest part of the engine's overhead
+        # at paper size (`bench train --preset scratch`; README has the figures).
+        engine.enable_backward_allreduce = False
     return engine, ds_optimizer, ds_scheduler
 
 
