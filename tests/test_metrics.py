@@ -70,3 +70,33 @@ def test_evaluate_names_a_missing_prediction(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "pred").mkdir()
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")]) == 2
     assert "no prediction for annotated track a" in capsys.readouterr().err
+
+
+def test_figures_save_as_png_and_leave_the_importers_matplotlib_backend_alone() -> None:
+    """A notebook that imports mmexpr keeps its own backend; the figures still draw to files."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import mmexpr.train.figures; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg"
+
+    import io
+
+    from mmexpr.metrics import au_score, score, va_score
+    from mmexpr.train import figures
+
+    rng = np.random.default_rng(0)
+    labels, preds = rng.integers(0, 8, 200), rng.integers(0, 8, 200)
+    va = rng.uniform(-1, 1, (50, 2))
+    au = rng.integers(0, 2, (50, 12))
+    made = [figures.confusion_figure(score(labels, preds), 3), figures.per_class_f1_figure(score(labels, preds), 3),
+            figures.au_f1_figure(au_score(au, au[::-1]), 3)]
+    made.append(figures.va_scatter_figure(type("Sample", (), {"pred": [va], "true": [va[::-1]]})(),
+                                          va_score(va, va[::-1]), 3))
+    for fig in made:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+        figures.close(fig)

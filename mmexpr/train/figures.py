@@ -1,20 +1,18 @@
 """The evaluation figures logged to MLflow: EXPR confusion matrix and per-class F1, VA over time
 and as a scatter, AU F1 bars.
 
-matplotlib with the Agg backend: workers have no display, and figures are only ever files.
+Plain `matplotlib.figure.Figure` objects, never pyplot: workers have no display, the figures
+are only ever files, and importing this module leaves the backend of whoever imports mmexpr
+(a notebook, say) as it was.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mmexpr.labels import AU_NAMES, CLASSES, VA_NAMES  # noqa: E402
-from mmexpr.metrics import Scores  # noqa: E402
+from mmexpr.labels import AU_NAMES, CLASSES, VA_NAMES
+from mmexpr.metrics import Scores
 
 
 def confusion_figure(scores: Scores, step: int):
@@ -22,7 +20,8 @@ def confusion_figure(scores: Scores, step: int):
     matrix = scores.matrix.astype(np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     image = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASSES)), CLASSES)
@@ -40,7 +39,8 @@ def confusion_figure(scores: Scores, step: int):
 
 
 def per_class_f1_figure(scores: Scores, step: int):
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig = Figure(figsize=(6.5, 3.5))
+    ax = fig.subplots()
     ax.bar(range(len(CLASSES)), scores.per_class_f1, color="tab:blue")
     ax.axhline(scores.macro_f1, color="tab:red", linestyle="--", label=f"macro F1 {scores.macro_f1:.3f}")
     ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
@@ -53,13 +53,15 @@ def per_class_f1_figure(scores: Scores, step: int):
 
 
 def close(fig) -> None:
-    plt.close(fig)
+    """Drop the figure's drawing state now (a long run makes a few per evaluation)."""
+    fig.clear()
 
 
 def va_time_figure(sample, step: int):
     """Predicted and true valence/arousal over time for the first few validation tracks."""
     names = sorted(sample.tracks)
-    fig, axes = plt.subplots(max(1, len(names)), 2, figsize=(9, 2.2 * max(1, len(names))), squeeze=False)
+    fig = Figure(figsize=(9, 2.2 * max(1, len(names))))
+    axes = fig.subplots(max(1, len(names)), 2, squeeze=False)
     for row, name in enumerate(names):
         windows = sorted(sample.tracks[name], key=lambda w: w[0])
         frames = np.concatenate([np.arange(s, s + len(p)) for s, p, _ in windows])
@@ -82,7 +84,8 @@ def va_scatter_figure(sample, scores, step: int):
     """Predicted against true valence and arousal (unknown frames left out), with the CCCs."""
     pred = np.concatenate(sample.pred) if sample.pred else np.zeros((0, 2))
     true = np.concatenate(sample.true) if sample.true else np.zeros((0, 2))
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    axes = fig.subplots(1, 2)
     for k, (dim, value) in enumerate(zip(VA_NAMES, (scores.valence, scores.arousal), strict=True)):
         known = ~np.isnan(true[:, k])
         ax = axes[k]
@@ -101,7 +104,8 @@ def va_scatter_figure(sample, scores, step: int):
 def au_f1_figure(scores, step: int):
     """F1 per AU at 0.5 and at the tuned thresholds."""
     x = np.arange(len(AU_NAMES))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.bar(x - 0.2, scores.per_au_f1, width=0.4, label="threshold 0.5")
     if scores.tuned_f1 is not None:
         ax.bar(x + 0.2, scores.tuned_f1, width=0.4, label="tuned thresholds")
