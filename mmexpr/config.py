@@ -92,6 +92,11 @@ class ModelConfig(_Strict):
     visual: EncoderConfig = EncoderConfig(name="openai/clip-vit-base-patch16")
     audio: EncoderConfig = EncoderConfig(name="facebook/wav2vec2-base")
     text: EncoderConfig = EncoderConfig(name="openai/clip-vit-base-patch16")
+    visual_every: int = Field(
+        1, ge=1, description="encode every k-th frame of a window and hold its features for the next k-1 "
+        "(1: every frame); where a face is held for many frames this spends the encoder's compute on "
+        "more windows instead of near copies",
+    )
     hidden: int = Field(256, ge=8, description="width of the temporal, fusion and head layers")
     temporal: Literal["tcn", "none", "transformer"] = "tcn"
     temporal_layers: int = Field(3, ge=1)

@@ -127,6 +127,7 @@ def test_predict_takes_a_smooth_option():
 def test_from_scratch_job_is_valid_and_uses_the_switches():
     job = load_job(REPO / "jobs" / "from-scratch.yaml")
     assert job.data.audio_context_s > 0 and job.model.smooth > 0 and job.model.preset == "tiny"
+    assert job.model.visual_every > 1 and job.data.batch_size > 8
 
 
 # ---------------------------------------------------------------- real faces and voices
@@ -176,3 +177,20 @@ def test_bench_learn_fits_its_baselines_and_scores_a_trained_variant_on_the_unse
     rows, notes = learn_table(outcome.neural, outcome.baselines)
     assert [r.name for r in rows] == ["audio / audio baseline (test F1)"]
     assert any(line.strip().startswith("baseline face") for line in notes)
+
+
+@pytest.mark.slow
+def test_from_scratch_job_reaches_the_audio_baseline_on_the_unseen_actors_of_the_small_corpus(shared_data: Path,
+                                                                                             tmp_path: Path):
+    """Issue 14's goal test: `jobs/from-scratch.yaml` (both modalities, as a user runs it) trained on
+    `bench learn --small` (5 training actors, 300 steps, 1 worker) scores at least the MFCC-statistics
+    baseline, fitted in the same run on the same training tracks, on 2 actors it never saw."""
+    from mmexpr.bench.learn import SMALL, SMALL_OVERRIDES, run_learn
+
+    outcome = run_learn(str(REPO / "jobs" / "from-scratch.yaml"), SMALL, SMALL_OVERRIDES, tmp_path, ["audio_video"])
+    (fusion,) = outcome.neural
+    audio = outcome.baselines["audio"]
+    assert fusion.test_f1 >= audio.test_f1, (
+        f"from-scratch fusion {fusion.test_f1:.3f} < audio baseline {audio.test_f1:.3f} on the test actors"
+    )
+

@@ -68,6 +68,7 @@ SWITCHES = [
     {"unimodal_weight": 0.5, "modality_dropout": 0.5},
     {"audio": EncoderConfig(name="tiny-logmel", train="full")},
     {"text": EncoderConfig(name="tiny-minilm", train="full")},
+    {"visual_every": 3},
 ]
 
 
@@ -201,6 +202,30 @@ def test_frames_without_a_face_are_a_missing_visual_input_carried_by_the_audio(c
     assert torch.isfinite(out).all() and out.shape == (2, 8, NUM_CLASSES)
     assert torch.allclose(out, again, atol=1e-5)
     assert not torch.allclose(seen, again, atol=1e-3)  # with the flag set, those pixels count
+
+
+@pytest.mark.parametrize("modalities", ["audio_video", "video"])
+def test_visual_every_encodes_only_every_kth_frame_and_holds_its_features(modalities):
+    """With visual_every=4 the encoder sees frames 0 and 4 of an 8-frame window: the other frames'
+    pixels reach no logit, frame 4's do, and a face missing on frame 4 masks frames 4-7."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(visual_every=4, modalities=modalities), None).eval()
+    batch = _batch()
+    seen: list[torch.Tensor] = []
+    model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        base = model(batch)["logits"]
+        assert seen[-1].shape[0] == 2 * 2  # two windows x frames 0 and 4
+        unseen = [1, 2, 3, 5, 6, 7]
+        batch.video[:, unseen] = torch.randint(0, 256, batch.video[:, unseen].shape, dtype=torch.uint8)
+        assert torch.allclose(model(batch)["logits"], base, atol=1e-5)
+        batch.video[:, 4] = torch.randint(0, 256, batch.video[:, 4].shape, dtype=torch.uint8)
+        changed = model(batch)["logits"]
+        assert not torch.allclose(changed, base, atol=1e-3)
+        batch.face[:, 4] = False
+        masked = model(batch)["logits"]
+        batch.video[:, 4] = 0
+        assert torch.allclose(model(batch)["logits"], masked, atol=1e-5)
 
 
 def test_unimodal_heads_add_one_loss_per_stream_on_the_frames_that_stream_has():

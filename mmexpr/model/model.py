@@ -1,6 +1,6 @@
 """The assembled model: encoders -> temporal -> fusion -> per-frame head, plus its losses.
 
-    video [B,T,3,H,W] uint8 -> visual encoder (all B*T frames as one batch) -> proj -> temporal
+    video [B,T,3,H,W] uint8 -> visual encoder (every visual_every-th frame, held) -> proj -> temporal
     audio [B,S] + audio_len -> audio encoder -> proj -> aligned to frame times (fps)
     both -> fusion (bi-directional cross-attention by default) -> one head per task in model.tasks:
         expr -> logits [B,T,8]   va -> va [B,T,2] (tanh)   au -> au_logits [B,T,12]
@@ -115,6 +115,20 @@ class ExprModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def frame_features(self, video: torch.Tensor) -> torch.Tensor:
+        """[B,T,3,H,W] uint8 -> [B,T,D]: the visual encoder on every `visual_every`-th frame, each
+        result held for the frames up to the next one encoded (a held frame counts as showing a
+        face only when the encoded one does: `forward` masks the others).
+
+        A face in a video changes little between neighbouring frames; encoding one frame in k
+        lets the same compute see k times as many windows (k=1 encodes every frame)."""
+        b, t = video.shape[:2]
+        k = self.cfg.visual_every
+        picked = video[:, ::k] if k > 1 else video
+        n = picked.shape[1]
+        feats = self.visual(picked.reshape(b * n, *video.shape[2:])).view(b, n, -1)
+        return hold(feats, k, t) if k > 1 else feats
+
     def forward(self, batch: Batch) -> dict:
         """Batch -> {"embeddings" [B,T,hidden], "audio_mask" [B,T]} and each task's output ("logits"
         [B,T,8], "va" [B,T,2], "au_logits" [B,T,12]; "logits_video" and "logits_audio" from the
@@ -125,14 +139,13 @@ class ExprModel(nn.Module):
         # A frame without a face is a missing visual input: masked in the visual stream and
         # in fusion, so the audio alone carries it (and it still gets logits).
         visible = mask if batch.face is None else mask & batch.face.bool()
+        if self.visual is not None and self.cfg.visual_every > 1:
+            visible = visible & hold(visible[:, :: self.cfg.visual_every], self.cfg.visual_every, frames)
         video_mask = visible
         audio_mask = torch.zeros_like(mask)
         v = a = None
         if self.visual is not None:
-            video = batch.video
-            b, t = video.shape[:2]
-            feats = self.visual(video.reshape(b * t, *video.shape[2:])).view(b, t, -1)
-            v = self.visual_proj(feats.to(self.visual_proj.weight.dtype))
+            v = self.visual_proj(self.frame_features(batch.video).to(self.visual_proj.weight.dtype))
             v = v * visible.unsqueeze(-1).to(v.dtype)
         if self.audio is not None:
             feats, feat_len = self.audio(batch.audio, batch.audio_len)
@@ -307,6 +320,11 @@ class ExprModel(nn.Module):
                 f"class text embeddings: {len(self.prompts)} classes x {len(self.prompts[0])} prompts, {how}"
             )
         return "\n".join(lines)
+
+
+def hold(x: torch.Tensor, k: int, frames: int) -> torch.Tensor:
+    """[B,N,...] values of every k-th frame -> [B,frames,...], each repeated until the next."""
+    return x.repeat_interleave(k, dim=1)[:, :frames]
 
 
 def _labels_or_unknown(
