@@ -140,6 +140,15 @@ class ModelConfig(_Strict):
         description="templates with {} for the class name",
     )
 
+    @property
+    def uses_video(self) -> bool:
+        """The one rule for whether frames reach the model (the loader skips decoding them if not)."""
+        return self.modalities in ("audio_video", "video")
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.modalities in ("audio_video", "audio")
+
 
 class TrainConfig(_Strict):
     """How training runs: workers, DeepSpeed, schedule, evaluation and checkpoints."""

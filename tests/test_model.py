@@ -428,6 +428,18 @@ def test_describe_command_prints_modules_params_and_flops_offline(capsys):
     assert float(visual.split()[-1]) > 0
 
 
+def test_describe_counts_the_visual_flops_of_the_encoded_frames_only(capsys):
+    """visual_every=4 encodes 4 of a 16-frame window's frames: a quarter of the visual FLOPs."""
+    def visual_gflops(*sets: str) -> float:
+        args = ["describe", str(REPO / "jobs" / "from-scratch.yaml"), "--set", "data.window=16"]
+        assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
+        out = capsys.readouterr().out
+        return float(next(line for line in out.splitlines() if line.startswith("visual ")).split()[-1])
+
+    every = visual_gflops("model.visual_every=1")
+    assert visual_gflops("model.visual_every=4") == pytest.approx(every / 4, rel=0.02)
+
+
 def test_describe_with_pretrained_ids_offline_names_the_model_and_the_fix(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc = main(["describe", str(REPO / "jobs" / "paper.yaml")])

@@ -310,7 +310,9 @@ class Decoded:
     meta: dict
 
 
-def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
+def decode_sample(raw: dict, image_size: int, sample_rate: int, video: bool = True) -> Decoded:
+    """One packed sample's frames, audio and metadata; with video=False (a model that sees no
+    frames) the mp4 is not decoded and the frames are a zero-cost black view of the right shape."""
     for ext in ("json", "mp4", "wav"):
         if ext not in raw:
             raise MemberError(f"{raw['__key__']}: no .{ext} member")
@@ -319,7 +321,11 @@ def decode_sample(raw: dict, image_size: int, sample_rate: int) -> Decoded:
         labels = meta["labels"]
     except (ValueError, KeyError, TypeError) as exc:
         raise MemberError(f"{raw['__key__']}.json: {exc}") from None
-    frames = decode_video(raw["mp4"], size=image_size)
+    if video:
+        frames = decode_video(raw["mp4"], size=image_size)
+    else:
+        frames = np.broadcast_to(np.zeros((1, image_size, image_size, 3), np.uint8),
+                                 (len(labels), image_size, image_size, 3))
     audio, rate = decode_wav(raw["wav"])
     if len(audio) and rate != sample_rate:
         raise MemberError(f"{raw['__key__']}.wav: {rate} Hz; the loader expects {sample_rate} Hz")
@@ -409,11 +415,14 @@ class WindowDataset(IterableDataset):
     skip: list[int]  # batches to skip, per worker
     audio_context_s: float = 0.0
     augment: Augment | None = None
+    video: bool = True  # False: frames are not decoded (an audio-only model)
     verify: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         if not self.layout.train:
             self.augment = None  # evaluation sees the data as packed
+        elif not self.video and self.augment is not None:
+            self.augment = replace(self.augment, faces=False)  # no faces to augment
 
     def __iter__(self):
         info = get_worker_info()
@@ -453,7 +462,7 @@ class WindowDataset(IterableDataset):
                 decoded[ref] = None
                 if sample is not None:
                     try:
-                        decoded[ref] = decode_sample(sample, self.image_size, self.sample_rate)
+                        decoded[ref] = decode_sample(sample, self.image_size, self.sample_rate, self.video)
                     except MemberError as exc:
                         tally.skip(urls.get(ref, ""), str(exc))
                         warnings.warn(f"skipping sample {ref.key}: {exc}", stacklevel=2)
@@ -485,8 +494,10 @@ class WindowDataset(IterableDataset):
 class WindowLoader:
     """Iterable of batches for one rank; see the module docstring for the contract."""
 
-    def __init__(self, manifest: Manifest, layout: Layout, data: DataConfig, state: dict | None = None) -> None:
+    def __init__(self, manifest: Manifest, layout: Layout, data: DataConfig, state: dict | None = None,
+                 video: bool = True) -> None:
         self.manifest = manifest
+        self.video = video
         self.layout = layout
         self.data = data
         self.image_size = data.image_size
@@ -574,7 +585,7 @@ class WindowLoader:
         done = self._consumed if self.layout.train else 0
         skip = [done // W + (1 if w < done % W else 0) for w in range(W)]
         dataset = WindowDataset(self.manifest, self.layout, self.image_size, self.sample_rate, self._start_epoch,
-                                skip, self.data.audio_context_s, augment_of(self.data))
+                                skip, self.data.audio_context_s, augment_of(self.data), self.video)
         dataset.verify = self.data.verify_shards
         return dataset
 
@@ -612,8 +623,10 @@ def make_loader(
     world_size: int = 1,
     seed: int = 0,
     state: dict | None = None,
+    video: bool = True,
 ) -> WindowLoader:
-    """The batches of `split` for one rank; see the module docstring."""
+    """The batches of `split` for one rank; see the module docstring. video=False: the frames are
+    not decoded (they arrive black), for a model that never looks at them."""
     path = manifest_path(shards_root, split)
     manifest = read_manifest(path)
     if manifest.sample_rate != data.sample_rate:
@@ -629,7 +642,7 @@ def make_loader(
             f"{path}: {manifest.samples} chunk(s), fewer than ranks x loader workers ({world_size} x "
             f"{layout.workers}); use fewer workers or pack with smaller --chunk-frames"
         )
-    return WindowLoader(manifest, layout, data, state)
+    return WindowLoader(manifest, layout, data, state, video)
 
 
 def augment_of(data: DataConfig) -> Augment:

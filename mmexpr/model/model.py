@@ -62,8 +62,7 @@ class ExprModel(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        use_video = cfg.modalities in ("audio_video", "video")
-        use_audio = cfg.modalities in ("audio_video", "audio")
+        use_video, use_audio = cfg.uses_video, cfg.uses_audio
         d = cfg.hidden
         self.visual: VisualEncoder | None = (
             build_visual(cfg.visual, cfg.preset) if use_video else None
@@ -298,7 +297,8 @@ class ExprModel(nn.Module):
         lines = [
             f"model: preset={self.cfg.preset} modalities={self.cfg.modalities} temporal={self.cfg.temporal} "
             f"fusion={self.cfg.fusion if self.fusion is not None else 'none'} hidden={self.cfg.hidden} "
-            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight} tasks={','.join(self.tasks)}",
+            f"loss={self.cfg.loss} contrastive_weight={self.cfg.contrastive_weight} tasks={','.join(self.tasks)}"
+            + (f" visual_every={self.cfg.visual_every}" if self.visual is not None else ""),
             f"window: {window} frames at {image_size}x{image_size}, {fps:g} fps, "
             f"{audio_samples(window, AUDIO_RATE)} audio samples; FLOPs counted by torch FlopCounterMode (forward)",
         ]

@@ -176,7 +176,7 @@ class Trainer:
             state = states[self.rank] if len(states) == self.world else states[0]
         d = self.job.data
         return make_loader(d.shards, d.train_split, d, train=True, rank=self.rank, world_size=self.world,
-                           seed=self.job.train.seed, state=state)
+                           seed=self.job.train.seed, state=state, video=self.job.model.uses_video)
 
     # ------------------------------------------------------------------ the loop
 
@@ -225,7 +225,7 @@ class Trainer:
         self._sync_buffers()
         d = self.job.data
         loader = make_loader(d.shards, d.val_split, d, train=False, rank=self.rank, world_size=self.world,
-                             seed=self.job.train.seed)
+                             seed=self.job.train.seed, video=self.job.model.uses_video)
         with torch.random.fork_rng(devices=[]):
             evaluation = evaluate(self.engine, loader, self._to_device, keep_va_sample=self.rank == 0,
                                   smooth=self.job.model.smooth)
