@@ -193,4 +193,3 @@ def test_from_scratch_job_reaches_the_audio_baseline_on_the_unseen_actors_of_the
     assert fusion.test_f1 >= audio.test_f1, (
         f"from-scratch fusion {fusion.test_f1:.3f} < audio baseline {audio.test_f1:.3f} on the test actors"
     )
-

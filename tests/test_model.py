@@ -228,6 +228,25 @@ def test_visual_every_encodes_only_every_kth_frame_and_holds_its_features(modali
         assert torch.allclose(model(batch)["logits"], masked, atol=1e-5)
 
 
+def test_visual_every_holds_the_last_encoded_frame_to_the_end_of_a_window_of_any_length():
+    """T=10, k=4: frames 0, 4 and 8 are encoded; frame 9 carries frame 8's features, and padding
+    inside a held block stays padding (its logits do not depend on the encoded frame's pixels)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(visual_every=4, modalities="video"), None).eval()
+    batch = _batch(t=10)  # window 0 ends in two padded frames (8 and 9)
+    seen: list[torch.Tensor] = []
+    model.visual.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        base = model(batch)["logits"]
+        assert seen[-1].shape[0] == 2 * 3
+        batch.video[:, 9] = torch.randint(0, 256, batch.video[:, 9].shape, dtype=torch.uint8)
+        assert torch.allclose(model(batch)["logits"], base, atol=1e-5)
+        batch.video[:, 8] = torch.randint(0, 256, batch.video[:, 8].shape, dtype=torch.uint8)
+        changed = model(batch)["logits"]
+    assert not torch.allclose(changed[1, 8:], base[1, 8:], atol=1e-3)  # window 1: frames 8-9 see frame 8
+    assert torch.allclose(changed[0], base[0], atol=1e-5)  # window 0: frame 8 is padding, seen by no frame
+
+
 def test_unimodal_heads_add_one_loss_per_stream_on_the_frames_that_stream_has():
     """model.unimodal_weight: the video head's loss counts frames with a face, the audio head's
     frames with audio, before modality dropout; the fused logits do not change."""

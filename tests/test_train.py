@@ -229,6 +229,17 @@ def test_a_batch_that_cannot_fit_in_memory_fails_at_start_naming_the_keys(demo_s
     assert batch_memory(_job(demo_shards, tmp_path / "out")) < 2**30  # the test jobs themselves are far below
 
 
+def test_batch_memory_counts_encoder_activations_only_for_the_frames_it_encodes():
+    from mmexpr.train.driver import batch_memory
+
+    def need(*sets: str) -> int:
+        return batch_memory(load_job(REPO / "jobs" / "demo.yaml", ["data.window=16", *sets]))
+
+    every, eighth, audio = need("model.visual_every=1"), need("model.visual_every=8"), need("model.modalities=audio")
+    assert every > eighth > audio
+    assert every - audio == pytest.approx(8 * (eighth - audio))  # 16 frames encoded against 2
+
+
 # ---------------------------------------------------------------- 2 workers, ZeRO-2
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     opt_frozen = torch.optim.AdamW(frozen.param_groups(t.lr, t.encoder_lr, t.weight_decay))
     frozen_step = _cpu_median(_train_step(frozen, opt_frozen, batch), args.repeats)
 
-    frames = batch.video.flatten(0, 1)
+    frames = batch.video[:, :: model.cfg.visual_every].flatten(0, 1)  # the frames a step encodes
 
     def visual_alone() -> None:
         model.visual.zero_grad()

@@ -16,6 +16,7 @@ On disk, under `job.output` (absolute paths are passed to workers):
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -121,12 +122,14 @@ ACTIVATION_COPIES = 4  # float32 copies of a batch's frames the forward pass hol
 def batch_memory(job: JobConfig) -> int:
     """A lower bound on the bytes one worker holds for its batches: the uint8 batches the
     loader has in flight (batch.py's shapes) and the float32 frames with the activations
-    of the visual encoder's first layers, each at least the size of its input."""
+    of the visual encoder's first layers, each at least the size of its input (only the frames
+    it encodes: every `model.visual_every`-th, none without video)."""
     d = job.data
     frames = d.batch_size * d.window * 3 * d.image_size**2
     audio = d.batch_size * audio_samples(d.window, d.sample_rate) * 4
     in_flight = 1 + 2 * d.loader_workers  # the one in use, two prefetched per loader worker
-    return in_flight * (frames + audio) + ACTIVATION_COPIES * 4 * frames
+    encoded = frames * math.ceil(d.window / job.model.visual_every) // d.window if job.model.uses_video else 0
+    return in_flight * (frames + audio) + ACTIVATION_COPIES * 4 * encoded
 
 
 def check_memory(job: JobConfig) -> None:
