@@ -123,7 +123,7 @@ class ExprModel(nn.Module):
         lets the same compute see k times as many windows (k=1 encodes every frame)."""
         b, t = video.shape[:2]
         k = self.cfg.visual_every
-        picked = video[:, ::k] if k > 1 else video
+        picked = video[:, ::k]
         n = picked.shape[1]
         feats = self.visual(picked.reshape(b * n, *video.shape[2:])).view(b, n, -1)
         return hold(feats, k, t) if k > 1 else feats
