@@ -255,13 +255,15 @@ def test_a_released_speech_checkpoint_loads_without_layer_drop_or_time_masks(tmp
     assert encoder.backbone.config.layerdrop == 0.0 and encoder.backbone.config.mask_time_prob == 0.0
 
 
-def test_logmel_stats_encoder_gives_a_clip_the_same_vector_padded_or_not_in_train_or_eval():
+@pytest.mark.parametrize("deltas", [False, True])
+def test_logmel_stats_encoder_gives_a_clip_the_same_vector_padded_or_not_in_train_or_eval(deltas: bool):
     """The utterance-statistics encoder: statistics over valid frames only (padding changes
-    nothing), and a standardisation that does not depend on the batch once it has settled."""
+    nothing, nor do deltas that would reach into it), and a standardisation that does not
+    depend on the batch once it has settled."""
     from mmexpr.model.logmel import LogMelStatsConfig, LogMelStatsEncoder
 
     torch.manual_seed(0)
-    encoder = AudioEncoder(LogMelStatsEncoder(LogMelStatsConfig(norm_batches=3, dropout=0.0)),
+    encoder = AudioEncoder(LogMelStatsEncoder(LogMelStatsConfig(norm_batches=3, dropout=0.0, deltas=deltas)),
                            EncoderConfig(name="tiny-logmel-stats", train="full"))
     audio, lengths = torch.randn(2, 32000), torch.tensor([32000, 16000])
     for _ in range(3):  # the batches that set the standardisation
@@ -336,3 +338,28 @@ def test_logmel_stats_encoder_learns_a_separable_voice_property():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_logmel_stats_deltas_tell_a_fast_changing_voice_from_a_slow_one_with_the_same_frames():
+    """The same two tones for the same time, alternating every 0.1 s or switching once: the
+    cepstrum's mean and spread cannot tell them apart, the statistics of its deltas can."""
+    from mmexpr.model.logmel import LogMelStatsConfig, LogMelStatsEncoder
+
+    encoder = LogMelStatsEncoder(LogMelStatsConfig(norm_batches=0, deltas=True))
+    t = torch.arange(1600) / 16000
+    low, high = torch.sin(2 * torch.pi * 300 * t), torch.sin(2 * torch.pi * 2000 * t)
+    fast = torch.cat([low, high] * 10)
+    slow = torch.cat([low] * 10 + [high] * 10)
+    stats = encoder.statistics(torch.stack([fast, slow]), None)
+    n = encoder.config.n_mfcc
+    assert stats.shape == (2, encoder.config.statistics) == (2, 4 * n)
+
+    def ratio(block: int) -> float:  # fast over slow, of the block's mean magnitude
+        size = stats[:, block * n : (block + 1) * n].abs().mean(1)
+        return float(size[0] / size[1])
+
+    assert 0.75 < ratio(0) < 1.3 and 0.75 < ratio(1) < 1.3  # the cepstrum's mean and spread: alike
+    assert ratio(3) > 3  # the spread of its deltas: the fast voice moves several times as much
+    plain = stats[:, : 2 * n]
+    no_deltas = LogMelStatsEncoder(LogMelStatsConfig(norm_batches=0, deltas=False))
+    assert torch.allclose(no_deltas.statistics(torch.stack([fast, slow]), None), plain)

@@ -2,7 +2,9 @@
 
 A neural recipe is worth its cost only where it beats these on people it has not seen:
 
-- audio: MFCC mean and standard deviation over `context_s` seconds centred on the frame;
+- audio: mean and standard deviation of MFCCs and of their deltas over `context_s` seconds
+  centred on the frame (the deltas make it the strongest of the simple audio baselines
+  tried; `LogMelStatsConfig.deltas` in model/logmel.py gives them to `tiny-logmel-stats`);
 - face: the frame's pixels, grayscale, pooled to 16x16, each image standardised;
 - both: the two feature vectors side by side.
 
@@ -23,6 +25,7 @@ import torchaudio
 
 from mmexpr.labels import NUM_CLASSES
 from mmexpr.metrics import score
+from mmexpr.model.logmel import DELTA_WIDTH
 
 MFCC_RATE = 100  # MFCC frames per second (hop 10 ms)
 L2_GRID = (1e-4, 1e-3, 1e-2)
@@ -30,7 +33,7 @@ L2_GRID = (1e-4, 1e-3, 1e-2)
 
 @dataclass
 class Features:
-    audio: np.ndarray  # float32 [N, 2 * n_mfcc]
+    audio: np.ndarray  # float32 [N, 4 * n_mfcc]
     face: np.ndarray  # float32 [N, pixels]
     labels: np.ndarray  # int64 [N]
 
@@ -52,8 +55,15 @@ def mfcc(audio: np.ndarray, sample_rate: int, n_mfcc: int = 20) -> np.ndarray:
         return transform(torch.from_numpy(np.ascontiguousarray(audio, np.float32))).T.numpy()
 
 
+def mfcc_and_deltas(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[frames at MFCC_RATE, 2 * n_mfcc]: each frame's MFCCs, then their deltas."""
+    coeffs = mfcc(audio, sample_rate)
+    deltas = torchaudio.functional.compute_deltas(torch.from_numpy(coeffs.T.copy()), DELTA_WIDTH).T.numpy()
+    return np.concatenate([coeffs, deltas], axis=1)
+
+
 def context_stats(coeffs: np.ndarray, frames: int, fps: float, context_s: float) -> np.ndarray:
-    """Mean and std of the MFCC frames within context_s/2 of each video frame's centre."""
+    """Mean and std of the feature frames (MFCC_RATE per second) within context_s/2 of each video frame's centre."""
     c = np.concatenate([np.zeros((1, coeffs.shape[1])), np.cumsum(coeffs, 0)])
     c2 = np.concatenate([np.zeros((1, coeffs.shape[1])), np.cumsum(coeffs**2, 0)])
     centre = (np.arange(frames) + 0.5) / fps * MFCC_RATE
@@ -86,7 +96,7 @@ def track_features(tracks, context_s: float, every: int = 1) -> Features:
         if not len(keep):
             continue
         rate = round(len(track.audio) * track.fps / max(len(track.frames), 1))
-        stats = context_stats(mfcc(track.audio, rate), len(track.frames), track.fps, context_s)
+        stats = context_stats(mfcc_and_deltas(track.audio, rate), len(track.frames), track.fps, context_s)
         audio.append(stats[keep])
         face.append(face_pixels(track.frames[keep]))
         labels.append(track.labels[keep])

@@ -1,9 +1,11 @@
 """`mmexpr bench learn`: does a job learn real faces and voices, measured on people it never saw?
 
-1. corpus: RAVDESS voices with FER2013 faces of the same class, in Aff-Wild2 layout, split by
-   actor (synth/muxed.py); the modalities were NOT recorded together, and the output says so;
-2. pack it at the job's window and image size;
-3. baselines, fitted in this run on the same training tracks: MFCC statistics, face pixels,
+1. corpus: RAVDESS voices with FER2013 faces of the same class, in Aff-Wild2 layout with its
+   face crops, split by actor (synth/muxed.py); the modalities were NOT recorded together,
+   and the output says so;
+2. pack it at the job's window and image size (from the crops; `--detect-faces`: from the
+   raw video through the face detector and tracker);
+3. baselines, fitted in this run on the same training tracks: MFCC and delta statistics, face pixels,
    and both, each with logistic regression (bench/baselines.py);
 4. train the job's fusion, video-only and audio-only variants (the real path: Ray Train,
    DeepSpeed, MLflow), each predicting the test actors with its best checkpoint (chosen on
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mmexpr.bench.baselines import BaselineResult, run_baseline, track_features
@@ -125,11 +127,16 @@ def run_learn(job_file: str, spec: MuxedSpec, overrides: list[str], work: Path, 
     """Corpus, shards, baselines and each variant's training and test prediction, in `work`."""
     begin = time.perf_counter()
     job = load_job(job_file, overrides)
-    corpus = work / f"corpus-{spec.actors}actors-{spec.clips_per_actor}clips"
-    print(write_muxed_corpus(corpus, spec), flush=True)
-    shards = work / f"shards-{spec.actors}actors-{spec.clips_per_actor}clips-{job.data.image_size}px"
+    # Crops and detected faces give different shards from the same videos: separate folders.
+    name = f"{spec.actors}actors-{spec.clips_per_actor}clips{'' if spec.face_crops else '-detected'}"
+    corpus = work / f"corpus-{name}"
+    written = write_muxed_corpus(corpus, spec)
+    print(written, flush=True)
+    shards = work / f"shards-{name}-{job.data.image_size}px"
     chunk = job.data.window * max(1, 64 // job.data.window)
-    pack_corpus(corpus, shards, chunk_frames=chunk, face_size=job.data.image_size, shard_mb=64, progress=False)
+    # Shards of an earlier corpus in this folder (another spec) would be reused as they are: replace them.
+    pack_corpus(corpus, shards, chunk_frames=chunk, face_size=job.data.image_size, shard_mb=64, progress=False,
+                overwrite=not written.reused)
     print(f"corpus and shards ready in {time.perf_counter() - begin:.0f} s", flush=True)
     context = max(job.data.audio_context_s, job.data.window / spec.fps)
     fitted = run_baselines(shards, job.data.image_size, context) if baselines else {}
@@ -150,8 +157,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated model.modalities to train")
     add_overrides_arg(p, help="override a key of the job for every variant (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    p.add_argument("--detect-faces", action="store_true",
+                   help="build the corpus without cropped_aligned/, so pack finds the faces with its detector "
+                        "(the raw-video path; packing takes several times longer)")
     args = p.parse_args(argv)
-    spec = SMALL if args.small else FULL
+    spec = replace(SMALL if args.small else FULL, face_crops=not args.detect_faces)
     overrides = (SMALL_OVERRIDES if args.small else []) + args.overrides
     outcome = run_learn(args.job, spec, overrides, Path(args.dir).absolute(),
                         [v for v in args.variants.split(",") if v], baselines=not args.no_baselines)

@@ -54,16 +54,22 @@ def augment_frames(video: np.ndarray, n: int, rng: np.random.Generator, aug: Aug
 
 
 def augment_audio(row: np.ndarray, n: int, rng: np.random.Generator, aug: Augment) -> None:
-    """In place on the first n samples of one window's audio row."""
+    """In place on the first n samples of one window's audio row: gain, a time mask, then noise.
+
+    The mask silences the voice, not the recording: the noise goes on through it. Digital
+    silence inside an utterance never occurs in a real recording, and its log spectrum
+    (the floor of the log) would jump at both edges of the mask, so the cepstral statistics
+    and deltas of a training window would describe the mask rather than the voice.
+    """
     if n == 0:
         return
     audio = row[:n] * np.float32(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20))
     power = float(np.mean(audio**2))
-    if power > 0:
-        snr = rng.uniform(*aug.noise_snr_db)
-        audio += rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), n).astype(np.float32)
     span = int(rng.integers(0, max(1, int(n * aug.mask_share)) + 1))
     if span:
         s0 = int(rng.integers(0, n - span + 1))
         audio[s0 : s0 + span] = 0
+    if power > 0:
+        snr = rng.uniform(*aug.noise_snr_db)
+        audio += rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), n).astype(np.float32)
     row[:n] = np.clip(audio, -1, 1)

@@ -30,6 +30,7 @@ from torch import nn
 from mmexpr.errors import UserError
 
 HOP = 320  # samples per step at 16 kHz: 50 steps per second, like wav2vec2
+DELTA_WIDTH = 5  # frames a delta coefficient is regressed over (the usual speech-recognition width)
 
 
 def refuse_save_pretrained(folder: str) -> None:
@@ -112,13 +113,25 @@ class LogMelEncoder(nn.Module):
 class LogMelStatsConfig(SpeechConfig):
     """The statistics encoder: `n_mfcc` cepstral coefficients kept (the DCT of the log-mel, as
     MFCC; 0 keeps the bands): the low ones describe the spectral envelope, which carries across
-    speakers, the fine detail they drop identifies them. `norm_batches` training batches set the
-    feature standardisation, frozen after them."""
+    speakers, the fine detail they drop identifies them. `deltas` adds the mean and standard
+    deviation of their change over time (regression over DELTA_WIDTH frames, as the deltas of
+    speech recognition): how fast the voice moves, which the mean and spread of its frames do
+    not tell (DELTA_WIDTH steps at 50 per second span +-40 ms here, twice the MFCC baseline's
+    span at its 100 frames per second). They lift the logistic-regression baseline (bench/baselines.py uses them) but not
+    this encoder on `bench learn`'s validation actors, so they are off (README, "Learning on
+    real faces and voices"). `norm_batches` training batches set the feature standardisation,
+    frozen after them."""
 
     n_mels: int = 40
     n_mfcc: int = 20
+    deltas: bool = False  # also the statistics of the coefficients' change over time (see above)
     norm_batches: int = 50
     dropout: float = 0.2
+
+    @property
+    def statistics(self) -> int:
+        """Length of the statistics vector: mean and standard deviation of each feature."""
+        return 2 * (self.n_mfcc or self.n_mels) * (2 if self.deltas else 1)
 
 
 class FrozenStandardiser(nn.Module):
@@ -182,6 +195,15 @@ class FrozenStandardiser(nn.Module):
         self._state = (int(self.updates) < self.batches, float(self.seen) > 0)
 
 
+def _masked_stats(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, 2 * C]: mean and standard deviation over the valid steps of x [B, F, C]."""
+    w = valid.unsqueeze(-1).float()
+    count = w.sum(1).clamp(min=1)
+    mean = (x * w).sum(1) / count
+    std = ((((x - mean[:, None]) * w) ** 2).sum(1) / count + 1e-5).sqrt()
+    return torch.cat([mean, std], -1)
+
+
 class LogMelStatsEncoder(nn.Module):
     """The MFCC baseline's inductive bias, learned end to end: one vector per audio context.
 
@@ -201,12 +223,11 @@ class LogMelStatsEncoder(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=c.sample_rate, n_fft=512, win_length=self.window, hop_length=HOP, n_mels=c.n_mels
         )
-        features = c.n_mfcc or c.n_mels
         self.register_buffer("dct", torchaudio.functional.create_dct(c.n_mfcc, c.n_mels, "ortho") if c.n_mfcc
                              else torch.eye(c.n_mels), persistent=False)
-        self.norm = FrozenStandardiser(2 * features, c.norm_batches)
+        self.norm = FrozenStandardiser(c.statistics, c.norm_batches)
         self.head = nn.Sequential(
-            nn.Dropout(c.dropout), nn.Linear(2 * features, c.hidden_size), nn.GELU(),
+            nn.Dropout(c.dropout), nn.Linear(c.statistics, c.hidden_size), nn.GELU(),
             nn.Linear(c.hidden_size, c.hidden_size), nn.LayerNorm(c.hidden_size),
         )
 
@@ -219,18 +240,23 @@ class LogMelStatsEncoder(nn.Module):
         return torch.arange(steps, device=samples.device)[None, :] <= last[:, None]
 
     def statistics(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, 2 * features]: mean and standard deviation of the cepstrum over valid frames."""
+        """[B, config.statistics]: mean and standard deviation of the cepstrum (and of its
+        deltas) over valid frames."""
         self.mel.float()
         with torch.autocast(x.device.type, enabled=False):
             spec = torch.log(self.mel(x.float()) + 1e-5).transpose(1, 2)  # [B, F, n_mels]
             samples = torch.full((x.shape[0],), x.shape[1], device=x.device) if attention_mask is None \
                 else attention_mask.sum(1)
-            w = self._inside(samples, spec.shape[1]).unsqueeze(-1).float()
-            spec = spec @ self.dct.float()
-            count = w.sum(1)
-            mean = (spec * w).sum(1) / count
-            std = ((((spec - mean[:, None]) * w) ** 2).sum(1) / count + 1e-5).sqrt()
-            return self.norm(torch.cat([mean, std], -1), keep=samples > 0)
+            cepstrum = spec @ self.dct.float()
+            stats = _masked_stats(cepstrum, self._inside(samples, spec.shape[1]))
+            if self.config.deltas:
+                deltas = torchaudio.functional.compute_deltas(cepstrum.transpose(1, 2), DELTA_WIDTH).transpose(1, 2)
+                # a delta reaches DELTA_WIDTH // 2 frames ahead: only those whose reach is valid count
+                # (none at all in a clip too short for one: its delta statistics are then zero)
+                reach = DELTA_WIDTH // 2 * HOP
+                valid = self._inside(samples - reach, spec.shape[1]) & (samples >= reach + self.window // 2)[:, None]
+                stats = torch.cat([stats, _masked_stats(deltas, valid)], -1)
+            return self.norm(stats, keep=samples > 0)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
         stats = self.statistics(x, attention_mask)

@@ -11,6 +11,11 @@ Splits are disjoint in people, so a score on them is a score on unseen people:
 - faces: each split draws its faces from its own FER2013 subset (train from FER's training
   split, validation from its validation split, test from its test split).
 
+Like the Aff-Wild2 release, the corpus ships `cropped_aligned/<video>/<00001>.jpg`, one face
+crop per frame (FER's own 48-pixel face), so `pack` reads the crops and runs no detector;
+`face_crops=False` leaves them out, and the faces then come from pack's detector and tracker
+on the raw video (the path for users whose videos come without crops).
+
 The modalities were NOT recorded together (`real.NOT_TOGETHER`); `corpus.json` says so and
 so must anything that reports a result on such a corpus. Same spec and same data, same
 bytes: the draws come from one seeded generator.
@@ -18,6 +23,7 @@ bytes: the draws come from one seeded generator.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -60,6 +66,7 @@ class MuxedSpec:
     size: int = 48  # frame side in pixels (FER's own resolution)
     face_seconds: float = 1.0  # a new face of the class this often
     seed: int = 0
+    face_crops: bool = True  # write cropped_aligned/ as Aff-Wild2 does; False: pack detects the faces
 
     def __post_init__(self) -> None:
         if self.val_actors < 1 or self.test_actors < 1 or self.actors < self.val_actors + self.test_actors + 1:
@@ -78,11 +85,13 @@ class MuxedSummary:
     actors: dict[str, list[int]]
     frames: int
     reused: bool
+    face_crops: bool
 
     def __str__(self) -> str:
         how = "reused" if self.reused else "wrote"
         parts = ", ".join(f"{s}: {n} videos (actors {self.actors[s]})" for s, n in self.videos.items())
-        return f"{how} {self.out}: {parts}; {self.frames} frames\nnote: {NOT_TOGETHER}"
+        faces = "face crops in cropped_aligned/" if self.face_crops else "no face crops (pack detects the faces)"
+        return f"{how} {self.out}: {parts}; {self.frames} frames; {faces}\nnote: {NOT_TOGETHER}"
 
 
 def split_actors(spec: MuxedSpec, voices: list[Voice]) -> dict[str, list[int]]:
@@ -135,6 +144,20 @@ def _video(
     return frames, per_frame, audio[: round(bounds[-1] * rate / spec.fps)], rate
 
 
+def write_crops(folder: Path, frames: np.ndarray) -> None:
+    """`folder/<00001>.jpg`, one per frame, as Aff-Wild2's cropped_aligned. A face is held for
+    many frames, so each run of identical frames is JPEG-encoded once and its bytes written
+    for every frame of the run."""
+    folder.mkdir(parents=True)
+    data = b""
+    for i, frame in enumerate(frames):
+        if i == 0 or not np.array_equal(frame, frames[i - 1]):
+            buf = io.BytesIO()
+            Image.fromarray(frame).convert("RGB").save(buf, format="JPEG", quality=95)
+            data = buf.getvalue()
+        (folder / f"{i + 1:05d}.jpg").write_bytes(data)
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
@@ -158,7 +181,8 @@ def write_muxed_corpus(out: str | os.PathLike, spec: MuxedSpec, data: Path | Non
     out = Path(out).absolute()
     if _same_corpus(out, spec):
         facts = json.loads((out / "corpus.json").read_text())
-        return MuxedSummary(out, facts["videos"], facts["actors"], facts["frames"], reused=True)
+        return MuxedSummary(out, facts["videos"], facts["actors"], facts["frames"], reused=True,
+                            face_crops=spec.face_crops)
     if out.exists() and any(out.iterdir()) and not (out / "corpus.json").is_file():
         raise UserError(f"{out}: exists and is not a corpus this builder wrote (no corpus.json); choose another folder")
     root = require_shared_data(data)
@@ -179,6 +203,8 @@ def write_muxed_corpus(out: str | os.PathLike, spec: MuxedSpec, data: Path | Non
                 name = f"actor{actor:02d}_{k // spec.clips_per_video:02d}"
                 frames, labels, audio, rate = _video(clips[k : k + spec.clips_per_video], faces, split, spec, rng)
                 write_muxed_video(staging / "videos" / f"{name}.mp4", frames, spec.fps, audio, rate)
+                if spec.face_crops:
+                    write_crops(staging / "cropped_aligned" / name, frames)
                 write_annotation(staging / "annotations" / SPLIT_FOLDERS[split] / f"{name}.txt", labels)
                 counts[split] += 1
                 total += len(labels)
@@ -190,4 +216,4 @@ def write_muxed_corpus(out: str | os.PathLike, spec: MuxedSpec, data: Path | Non
         shutil.rmtree(out)  # an earlier corpus of this builder with another spec
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(out)
-    return MuxedSummary(out, counts, actors, total, reused=False)
+    return MuxedSummary(out, counts, actors, total, reused=False, face_crops=spec.face_crops)
