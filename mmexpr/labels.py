@@ -148,6 +148,12 @@ def warn_fitted(results: Sequence[tuple[str, FitResult]]) -> None:
 _FRAME_RE = re.compile(r"^(?P<video>.+)/(?P<frame>\d+)\.jpg$")
 
 
+def frame_file(index: int) -> str:
+    """The file name of frame `index` (0-based) in Aff-Wild2: cropped_aligned/<track>/ and the
+    submission rows name frames 1-based, 5 digits."""
+    return f"{index + 1:05d}.jpg"
+
+
 def write_submission(path: str | os.PathLike, track: str, labels: Sequence[int] | np.ndarray) -> Path:
     """One ABAW submission file for one track; frame names are 1-based, 5 digits."""
     path = Path(path)
@@ -157,7 +163,7 @@ def write_submission(path: str | os.PathLike, track: str, labels: Sequence[int] 
         value = int(value)
         if not 0 <= value < NUM_CLASSES:
             raise ValueError(f"{path}: frame {i + 1} has label {value}; a submission needs 0..7 for every frame")
-        rows.append(f"{track}/{i + 1:05d}.jpg,{value}")
+        rows.append(f"{track}/{frame_file(i)},{value}")
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -360,7 +366,7 @@ def write_task_submission(path: str | os.PathLike, task: str, track: str, values
         if not np.isin(au, (0, 1)).all():
             raise ValueError(f"{path}: an AU submission needs 0 or 1 for every AU of every frame")
         cells = [",".join(str(int(x)) for x in row) for row in au]
-    rows = [f"{track}/{i + 1:05d}.jpg,{c}" for i, c in enumerate(cells)]
+    rows = [f"{track}/{frame_file(i)},{c}" for i, c in enumerate(cells)]
     return _write_rows(path, SUBMISSION_HEADERS[task], rows)
 
 

@@ -248,3 +248,15 @@ def test_voice_time_mask_silences_the_voice_but_keeps_the_background_noise():
             noise = np.sqrt(0.25 / 10 ** (20 / 10))  # the voice's power over the SNR
             assert 0.8 * noise < float(np.std(row[gap])) < 1.2 * noise
     assert masked > 5
+
+
+def test_crop_writer_names_frames_like_aff_wild2_skips_faceless_ones_and_never_reuses_stale_bytes(tmp_path: Path):
+    """Frames A A B B A with frame 3 faceless: files 1, 2, 4, 5; frame 4 (B, after the gap)
+    shows B although the last file written showed A."""
+    from mmexpr.synth.real import write_crops
+
+    a, b = np.full((8, 8, 3), 30, np.uint8), np.full((8, 8, 3), 220, np.uint8)
+    write_crops(tmp_path / "t", np.stack([a, a, b, b, a]), skip=range(2, 3))
+    assert sorted(f.name for f in (tmp_path / "t").iterdir()) == ["00001.jpg", "00002.jpg", "00004.jpg", "00005.jpg"]
+    shown = {f.name: float(np.asarray(Image.open(f)).mean()) for f in (tmp_path / "t").iterdir()}
+    assert shown["00001.jpg"] < 60 and shown["00004.jpg"] > 190 and shown["00005.jpg"] < 60

@@ -65,7 +65,15 @@ from mmexpr.faces.video import (
     faces_for_tracks,
     source_frames,
 )
-from mmexpr.labels import IGNORE, NUM_CLASSES, TASKS, FitResult, LabelFileError, fit_to_frames
+from mmexpr.labels import (
+    IGNORE,
+    NUM_CLASSES,
+    TASKS,
+    FitResult,
+    LabelFileError,
+    fit_to_frames,
+    frame_file,
+)
 
 SAMPLE_RATE = 16000
 SCALE_EXACT = Interpolation.BILINEAR | Interpolation.BITEXACT
@@ -187,7 +195,7 @@ def read_audio(path: str, rate: int) -> np.ndarray | None:
 
 
 def _crop_frame(folder: str, index: int) -> np.ndarray | None:
-    path = Path(folder) / f"{index + 1:05d}.jpg"
+    path = Path(folder) / frame_file(index)
     if not path.is_file():
         return None
     with Image.open(path) as img:

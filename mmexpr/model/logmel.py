@@ -117,10 +117,10 @@ class LogMelStatsConfig(SpeechConfig):
     deviation of their change over time (regression over DELTA_WIDTH frames, as the deltas of
     speech recognition): how fast the voice moves, which the mean and spread of its frames do
     not tell (DELTA_WIDTH steps at 50 per second span +-40 ms here, twice the MFCC baseline's
-    span at its 100 frames per second). They lift the logistic-regression baseline (bench/baselines.py uses them) but not
-    this encoder on `bench learn`'s validation actors, so they are off (README, "Learning on
-    real faces and voices"). `norm_batches` training batches set the feature standardisation,
-    frozen after them."""
+    span at its 100 frames per second). They lift the logistic-regression baseline
+    (bench/baselines.py uses them) but not this encoder on `bench learn`'s validation actors,
+    so they are off (README, "Learning on real faces and voices"). `norm_batches` training
+    batches set the feature standardisation, frozen after them."""
 
     n_mels: int = 40
     n_mfcc: int = 20

@@ -75,6 +75,7 @@ from mmexpr.labels import (
     IGNORE,
     NUM_AUS,
     NUM_CLASSES,
+    frame_file,
     track_name,
     write_annotation,
     write_au_annotation,
@@ -487,7 +488,7 @@ def _crop_writer(out: Path, people: dict[str, _Person], params: dict[str, np.nda
         for track, box in boxes.items():
             if not np.isnan(params[track][i][0]):
                 crop = image.crop(box).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
-                crop.save(out / "cropped_aligned" / track / f"{i + 1:05d}.jpg", quality=90)
+                crop.save(out / "cropped_aligned" / track / frame_file(i), quality=90)
 
     return save
 

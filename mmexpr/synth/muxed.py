@@ -23,7 +23,6 @@ bytes: the draws come from one seeded generator.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from mmexpr.synth.real import (
     load_voices,
     read_voice,
     require_shared_data,
+    write_crops,
     write_muxed_video,
 )
 
@@ -142,20 +142,6 @@ def _video(
                 face = _resize(face, spec.size)
             frames[f : min(f + step, hi)] = face
     return frames, per_frame, audio[: round(bounds[-1] * rate / spec.fps)], rate
-
-
-def write_crops(folder: Path, frames: np.ndarray) -> None:
-    """`folder/<00001>.jpg`, one per frame, as Aff-Wild2's cropped_aligned. A face is held for
-    many frames, so each run of identical frames is JPEG-encoded once and its bytes written
-    for every frame of the run."""
-    folder.mkdir(parents=True)
-    data = b""
-    for i, frame in enumerate(frames):
-        if i == 0 or not np.array_equal(frame, frames[i - 1]):
-            buf = io.BytesIO()
-            Image.fromarray(frame).convert("RGB").save(buf, format="JPEG", quality=95)
-            data = buf.getvalue()
-        (folder / f"{i + 1:05d}.jpg").write_bytes(data)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

@@ -14,6 +14,7 @@ file formats live here once.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from mmexpr.errors import UserError
-from mmexpr.labels import CLASSES
+from mmexpr.labels import CLASSES, frame_file
 
 # Source label -> EXPR class index (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other).
 FER_TO_EXPR = {"neutral": 0, "angry": 1, "disgust": 2, "fear": 3, "happy": 4, "sad": 5, "surprise": 6}
@@ -145,3 +147,19 @@ def write_muxed_video(path: Path, frames: np.ndarray, fps: int, audio: np.ndarra
 
 def class_name(label: int) -> str:
     return CLASSES[label]
+
+
+def write_crops(folder: Path, frames: np.ndarray, skip: range = range(0)) -> None:
+    """`folder/<00001>.jpg`, one per frame not in `skip`, as Aff-Wild2's cropped_aligned (a frame
+    without a face has no file there). A face held for many frames is JPEG-encoded once and its
+    bytes written for every frame of the run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoded, data = None, b""
+    for i, frame in enumerate(frames):
+        if i in skip:
+            continue
+        if encoded is None or not np.array_equal(frame, encoded):
+            buf = io.BytesIO()
+            Image.fromarray(frame).convert("RGB").save(buf, format="JPEG", quality=95)
+            encoded, data = frame, buf.getvalue()
+        (folder / frame_file(i)).write_bytes(data)

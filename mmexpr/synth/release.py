@@ -33,6 +33,7 @@ from mmexpr.synth.real import (
     load_voices,
     read_voice,
     require_shared_data,
+    write_crops,
     write_muxed_video,
 )
 
@@ -103,13 +104,6 @@ def _voice(rng, voices, labels: np.ndarray, fps: int, per: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _write_crops(folder: Path, frames: np.ndarray, gap: range) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(frames):
-        if i not in gap:
-            Image.fromarray(image).convert("RGB").save(folder / f"{i + 1:05d}.jpg", quality=95)
-
-
 def write_release(out: str | Path, spec: ReleaseSpec = ReleaseSpec(), shared: Path | None = None) -> ReleaseCorpus:
     """Write the corpus (see the module docstring); refuses a non-empty OUT."""
     root = Path(out)
@@ -135,7 +129,7 @@ def write_release(out: str | Path, spec: ReleaseSpec = ReleaseSpec(), shared: Pa
             gap = range(at, min(frames, at + spec.gap_frames))
             tile = _face_frames(rng, faces, labels, spec.face_px, per, gap)
             track = f"{name}_{side}" if side else name
-            _write_crops(root / "cropped_aligned" / track, tile, gap)
+            write_crops(root / "cropped_aligned" / track, tile, gap)
             split = {"Train_Set": "train", "Validation_Set": "validation"}.get(split_folder, "test")
             if split_folder:
                 write_annotation(root / "annotations" / CHALLENGE / split_folder / f"{track}.txt", labels)
