@@ -183,30 +183,6 @@ def test_muxed_corpus_ships_a_face_crop_per_frame_like_aff_wild2_for_pack_to_use
     assert not any(track.crops for job in discover(tmp_path / "raw").jobs for track in job.tracks)
 
 
-@pytest.mark.slow
-def test_bench_learn_fits_its_baselines_and_scores_a_trained_variant_on_the_unseen_actors(shared_data: Path,
-                                                                                         tmp_path: Path):
-    """The whole `bench learn` path on a tiny muxed corpus: corpus, shards, the three baselines
-    read from predict's streamed pieces, one variant trained through Ray, DeepSpeed and MLflow,
-    and its prediction of the test actor. It asserts that the path works and is scored, not
-    that the recipe learns (the learning figures are `bench learn`'s, in README)."""
-    from mmexpr.bench.learn import learn_table, run_learn
-    from mmexpr.synth.muxed import MuxedSpec
-
-    spec = MuxedSpec(actors=3, val_actors=1, test_actors=1, clips_per_actor=4, clips_per_video=4)
-    steps = ["train.workers=1", "train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4",
-             "data.audio_context_s=0.5"]
-    outcome = run_learn(str(REPO / "jobs" / "from-scratch.yaml"), spec, steps, tmp_path, ["audio"])
-    assert set(outcome.baselines) == {"audio", "face", "both"}
-    for result in outcome.baselines.values():
-        assert 0.0 <= result.val_f1 <= 1.0 and 0.0 <= result.test_f1 <= 1.0
-    (neural,) = outcome.neural
-    assert neural.variant == "audio" and 0.0 <= neural.test_f1 <= 1.0 and neural.run_id
-    rows, notes = learn_table(outcome.neural, outcome.baselines)
-    assert [r.name for r in rows] == ["audio / audio baseline (test F1)"]
-    assert any(line.strip().startswith("baseline face") for line in notes)
-
-
 # Run-to-run spread of the small bench's fusion F1 on its 2 test actors: one commit's runs differed
 # by about 0.03 between processes (README, "Learning on real faces and voices").
 SMALL_SPREAD = 0.05
@@ -219,11 +195,20 @@ def test_from_scratch_job_reaches_the_audio_baseline_within_its_spread_on_the_sm
     `bench learn --small` (5 training actors, 300 steps, 1 worker) scores the MFCC-statistics
     baseline, fitted in the same run on the same training tracks, on 2 actors it never saw, less
     the run-to-run spread of 2 test actors (the full bench, 4 test actors, is where the margin is
-    measured: README)."""
-    from mmexpr.bench.learn import SMALL, SMALL_OVERRIDES, run_learn
+    measured: README). On the way it checks the whole `bench learn` path: corpus, shards, the
+    three baselines read from predict's streamed pieces, a variant trained through Ray,
+    DeepSpeed and MLflow, its prediction of the test actors, and the table's rows."""
+    from mmexpr.bench.learn import SMALL, SMALL_OVERRIDES, learn_table, run_learn
 
     outcome = run_learn(str(REPO / "jobs" / "from-scratch.yaml"), SMALL, SMALL_OVERRIDES, tmp_path, ["audio_video"])
     (fusion,) = outcome.neural
+    assert fusion.variant == "audio_video" and fusion.run_id and 0.0 <= fusion.val_f1 <= 1.0
+    assert set(outcome.baselines) == {"audio", "face", "both"}
+    for result in outcome.baselines.values():
+        assert 0.0 <= result.val_f1 <= 1.0 and 0.0 <= result.test_f1 <= 1.0
+    rows, notes = learn_table(outcome.neural, outcome.baselines)
+    assert [r.name for r in rows] == ["audio_video / both baseline (test F1)"]
+    assert any(line.strip().startswith("baseline face") for line in notes)
     audio = outcome.baselines["audio"]
     assert fusion.test_f1 >= audio.test_f1 - SMALL_SPREAD, (
         f"from-scratch fusion {fusion.test_f1:.3f} < audio baseline {audio.test_f1:.3f} - {SMALL_SPREAD} on the test actors"

@@ -284,6 +284,8 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
         assert key in metrics, key  # the demo job trains all three tasks
     assert metrics["val/score_va"] == metrics["val/va_ccc"] and metrics["val/score_expr"] == metrics["val/macro_f1"]
     assert 0.0 <= metrics["train/data_wait"] <= 1.0
+    # Rank 0's model states as the ZeRO-2 formula has them over 2 ranks (logged once, at step 2).
+    assert metrics["memory/model_states_gb"] == pytest.approx(metrics["memory/zero_formula_gb"], rel=0.10)
     f1_steps = [m.step for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert f1_steps == [12, 24]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}

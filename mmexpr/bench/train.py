@@ -47,8 +47,10 @@ from mmexpr.train.engine import (
     build_engine,
     make_optimizer,
     make_scheduler,
+    model_state_bytes,
     placement,
     to_device,
+    zero_bytes,
     zero_stage_for,
 )
 
@@ -146,39 +148,6 @@ def plain_loop(job, batches: list[dict], warmup: int) -> float:
     return (len(batches) - warmup) * job.data.batch_size / (time.perf_counter() - t0)
 
 
-def _model_state_bytes(engine, optimizer) -> dict[str, int]:
-    """What this rank holds: params (or its ZeRO-3 partition), grads (full or partitions),
-    optimizer state (fp32 master partitions when DeepSpeed keeps them, Adam moments)."""
-    def nbytes(t) -> int:
-        return t.numel() * t.element_size()
-
-    params = grads = 0
-    for p in engine.module.parameters():
-        if not p.requires_grad:
-            continue
-        held = getattr(p, "ds_tensor", None)
-        params += nbytes(held) if held is not None else nbytes(p)
-        if p.grad is not None:
-            grads += nbytes(p.grad)
-    averaged = getattr(engine.optimizer, "averaged_gradients", None) or {}
-    for value in averaged.values():
-        for t in value if isinstance(value, list) else [value]:
-            if isinstance(t, torch.Tensor):
-                grads += nbytes(t)
-    opt = 0
-    stage = engine.zero_optimization_stage()
-    # The optimizer's state is keyed by what it updates: the parameters themselves (stage 0)
-    # or DeepSpeed's fp32 master partitions (stages 1-3; ZeRO-3 swaps them in and out of
-    # param_groups per sub-group, so the state keys are the reliable list).
-    for flat, state in optimizer.state.items():
-        if stage >= 1:
-            opt += nbytes(flat)  # the fp32 master partition
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                opt += nbytes(state[key])
-    return {"params": params, "grads": grads, "optimizer": opt}
-
-
 def bench_worker(config: dict) -> None:
     """Inside a Ray Train worker: time the engine path, or measure ZeRO memory + checkpoints."""
     import ray.train  # lazy: Ray only after local_ray.start_ray (it sets env Ray reads at import)
@@ -213,7 +182,7 @@ def bench_worker(config: dict) -> None:
             engine.step()
         out = engine(to_device(batches[2], place.device, place.bf16))
         engine.backward(out["loss"])
-        result.update(_model_state_bytes(engine, optimizer))
+        result.update(model_state_bytes(engine, optimizer))
         engine.step()
         if config.get("checkpoint"):
             folder = Path(config["checkpoint"])
@@ -243,17 +212,6 @@ def _run(job, config: dict, workers: int) -> dict:
             run_config=RunConfig(storage_path=str(Path(tmp) / "ray"), name="bench"),
         ).fit()
         return json.loads(out.read_text())
-
-
-def paper_bytes(stage: int, psi: int, n: int) -> float:
-    bp, bg = 4, 4
-    k = 8 if stage == 0 else 12
-    return {
-        0: (bp + bg + k) * psi,
-        1: (bp + bg) * psi + k * psi / n,
-        2: bp * psi + (bg + k) * psi / n,
-        3: (bp + bg + k) * psi / n,
-    }[stage]
 
 
 def _stage(text: str) -> tuple[int, bool]:
@@ -311,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"ZeRO-{job.train.zero_stage} (runs as {zero_stage_for(job, 1)} on one worker)"))
     for (stage, offload), r in zero.items():
         measured = r["params"] + r["grads"] + r["optimizer"]
-        expected = paper_bytes(stage, r["psi"], 2)
+        expected = zero_bytes(stage, r["psi"], 2)
         label = f"ZeRO-{stage}{' offload' if offload else ''}"
         rows.append(Ratio(f"{label} |rank-0 model states / paper - 1|", abs(measured / expected - 1), 0.10,
                           higher_is_better=False,

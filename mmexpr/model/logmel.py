@@ -117,14 +117,16 @@ class LogMelStatsConfig(SpeechConfig):
     deviation of their change over time (regression over DELTA_WIDTH frames, as the deltas of
     speech recognition): how fast the voice moves, which the mean and spread of its frames do
     not tell (DELTA_WIDTH steps at 50 per second span +-40 ms here, twice the MFCC baseline's
-    span at its 100 frames per second). They lift the logistic-regression baseline
-    (bench/baselines.py uses them) but not this encoder on `bench learn`'s validation actors,
-    so they are off (README, "Learning on real faces and voices"). `norm_batches` training
-    batches set the feature standardisation, frozen after them."""
+    span at its 100 frames per second). On `bench learn`'s validation actors they lift this
+    encoder only when the training voices are not augmented (`data.augment_voices` off, as in
+    `jobs/from-scratch.yaml`): additive noise changes from frame to frame, so it likely swells
+    the spread of the deltas far more than that of the coefficients, and the encoder learns
+    clean test voices from noisy statistics (README, "Learning on real faces and voices").
+    `norm_batches` training batches set the feature standardisation, frozen after them."""
 
     n_mels: int = 40
     n_mfcc: int = 20
-    deltas: bool = False  # also the statistics of the coefficients' change over time (see above)
+    deltas: bool = True  # also the statistics of the coefficients' change over time (see above)
     norm_batches: int = 50
     dropout: float = 0.2
 

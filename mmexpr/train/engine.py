@@ -167,6 +167,56 @@ def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
     return inner if isinstance(inner, torch.optim.Optimizer) else ds_optimizer
 
 
+def model_state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """What this rank holds of the trainable model: params (or its ZeRO-3 partition), grads
+    (full or partitions), optimizer state (DeepSpeed's fp32 master partitions and the Adam
+    moments). Read between backward and step, when the gradients exist; host memory counts
+    too (an offloaded optimizer still costs its bytes, on the CPU)."""
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    params = grads = 0
+    for p in engine.module.parameters():
+        if not p.requires_grad:
+            continue
+        held = getattr(p, "ds_tensor", None)
+        params += nbytes(held) if held is not None else nbytes(p)
+        if p.grad is not None:
+            grads += nbytes(p.grad)
+    averaged = getattr(engine.optimizer, "averaged_gradients", None) or {}
+    for value in averaged.values():
+        for t in value if isinstance(value, list) else [value]:
+            if isinstance(t, torch.Tensor):
+                grads += nbytes(t)
+    opt = 0
+    stage = engine.zero_optimization_stage()
+    # The optimizer's state is keyed by what it updates: the parameters themselves (stage 0)
+    # or DeepSpeed's fp32 master partitions (stages 1-3; ZeRO-3 swaps them in and out of
+    # param_groups per sub-group, so the state keys are the reliable list).
+    for flat, state in optimizer.state.items():
+        if stage >= 1:
+            opt += nbytes(flat)  # the fp32 master partition
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                opt += nbytes(state[key])
+    return {"params": params, "grads": grads, "optimizer": opt}
+
+
+def zero_bytes(stage: int, psi: int, ranks: int, bf16: bool = False) -> float:
+    """Model-state bytes per rank by the ZeRO paper's formulas (Rajbhandari et al. 2020), for Ψ
+    trainable parameters over `ranks`: params and grads at 2 bytes each under bf16, 4 in fp32;
+    Adam's K = 12 bytes (fp32 master copy and two moments) whenever DeepSpeed keeps a master
+    copy, i.e. at every ZeRO stage and under bf16, and 8 (the moments) for plain fp32 stage 0."""
+    bp = bg = 2 if bf16 else 4
+    k = 8 if stage == 0 and not bf16 else 12
+    return {
+        0: (bp + bg + k) * psi,
+        1: (bp + bg) * psi + k * psi / ranks,
+        2: bp * psi + (bg + k) * psi / ranks,
+        3: (bp + bg + k) * psi / ranks,
+    }[stage]
+
+
 def to_device(batch: Batch, device: torch.device, bf16: bool) -> Batch:
     """The batch on the worker's device; under bf16 the waveform goes in as bf16 like the
     weights of the audio encoder."""

@@ -38,7 +38,15 @@ from mmexpr.data.loader import make_loader
 from mmexpr.model.model import build_model
 from mmexpr.train import checkpoint as ckpt
 from mmexpr.train import data_loss, fate, preemption
-from mmexpr.train.engine import base_optimizer, build_engine, placement, to_device, zero_stage_for
+from mmexpr.train.engine import (
+    base_optimizer,
+    build_engine,
+    model_state_bytes,
+    placement,
+    to_device,
+    zero_bytes,
+    zero_stage_for,
+)
 from mmexpr.train.evaluation import best_score, evaluate
 from mmexpr.train.handoff import LoopConfig, LoopResult, write_progress
 
@@ -116,6 +124,8 @@ class Trainer:
         if meta is not None and not same_layout:
             portable = ckpt.load_portable(source)
             ckpt.load_module_weights(model, portable["weights"])
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions
+        self.states_logged = False
         self.engine, ds_optimizer, self.scheduler = build_engine(model, self.job, self.place)
         self.optimizer = base_optimizer(ds_optimizer)
         client = self._restore(source, same_layout, portable) if source is not None else None
@@ -188,13 +198,15 @@ class Trainer:
         t0 = time.perf_counter()
         wait = 0.0
         sums: dict[str, torch.Tensor] = {}
-        for _ in range(self.job.train.grad_accum):
+        for micro in range(self.job.train.grad_accum):
             tw = time.perf_counter()
             with torch.random.fork_rng(devices=[]):  # the loader never moves the training RNG
                 batch = next(self.batches)
             wait += time.perf_counter() - tw
             out = self.engine(self._to_device(batch))
             self.engine.backward(out["loss"])
+            if micro == self.job.train.grad_accum - 1:
+                self._log_model_states()
             self.engine.step()
             for name, value in {"loss": out["loss"], **out["loss_parts"]}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float().cpu()
@@ -204,6 +216,20 @@ class Trainer:
         self.progress.preempted = self.progress.preempted or bool(reduced[-1] > 0)
         parts = {n: float(reduced[i]) / self.world for i, n in enumerate(names)}
         return parts, time.perf_counter() - t0, wait
+
+    def _log_model_states(self) -> None:
+        """Once per run, rank 0: the bytes this rank holds of params, grads and optimizer state
+        beside the ZeRO formula for its stage, so a run shows that its memory is partitioned as
+        configured. Measured between backward and step (the gradients exist then) of the first
+        step whose optimizer already has its state (the second of a fresh run)."""
+        if self.states_logged or self.logger is None or not self.optimizer.state:
+            return
+        self.states_logged = True
+        held = model_state_bytes(self.engine, self.optimizer)
+        formula = zero_bytes(self.zero_stage, self.trainable, self.world, self.place.bf16)
+        metrics = {f"memory/{k}_gb": v / 1e9 for k, v in held.items()}
+        metrics.update({"memory/model_states_gb": sum(held.values()) / 1e9, "memory/zero_formula_gb": formula / 1e9})
+        self.logger.metrics(metrics, self.progress.step + 1)
 
     def _all_reduce(self, vec: torch.Tensor) -> torch.Tensor:
         if dist.get_backend() == "nccl":
