@@ -64,6 +64,33 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def one_rank_dist():
+    """torch.distributed over this process alone, as a one-worker Ray Train run has it (gloo on
+    127.0.0.1), for DeepSpeed engines built in the test process. Made once per session and kept:
+    DeepSpeed caches the first process group it sees, and a later group would not be that one."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_rank_engine_env(one_rank_dist, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`one_rank_dist` and, for this test only, the rank variables a Ray Train worker has
+    (DeepSpeed reads them; left set, they would reach the Ray workers later tests start)."""
+    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (see shared/data/README.md)")

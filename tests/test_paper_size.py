@@ -73,11 +73,15 @@ def test_paper_e2e_on_real_shards_holds_the_zero3_formula_bytes_checkpoints_and_
     def logged_at(key: str, step: int) -> float:
         return {m.step: m.value for m in client.get_metric_history(first.run_id, key)}[step]
 
-    # Rank 0's model states at the second step of the ZeRO-3 run: a half of each, as the formula says.
-    held, formula = logged_at("memory/model_states_gb", 2), logged_at("memory/zero_formula_gb", 2)
-    assert formula > 180e6 * 16 / 2 / 1e9, "the paper-size model's trainable parameters, fp32 + Adam over 2 ranks"
+    # Rank 0's model states at the second step of the ZeRO-3 run: half of the params, grads,
+    # fp32 master copy and Adam moments, in fp32: (4 + 4 + 12) Ψ / 2 bytes.
+    psi = logged_at("memory/trainable_params", 2)
+    assert psi > 180e6, "the paper-size model's trainable parameters"
+    formula = logged_at("memory/zero_formula_gb", 2)
+    assert formula == pytest.approx(20 * psi / 2 / 1e9, rel=1e-6)
+    held = logged_at("memory/model_states_gb", 2)
     assert abs(held / formula - 1) < 0.10, (held, formula)
-    assert logged_at("memory/params_gb", 2) == pytest.approx(formula / 4, rel=0.10), "ZeRO-3 partitions the params"
+    assert logged_at("memory/params_gb", 2) == pytest.approx(4 * psi / 2 / 1e9, rel=0.10), "ZeRO-3 partitions the params"
     metrics = client.get_run(second.run_id).data.metrics
     for key in ("exp_avg", "exp_avg_sq"):
         before, after = metrics[f"resume/{key}_norm_saved"], metrics[f"resume/{key}_norm_loaded"]

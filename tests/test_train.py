@@ -110,13 +110,10 @@ def test_one_worker_runs_zero_stage_0_unless_it_offloads():
     assert config["zero_optimization"]["stage"] == 3 and "offload_optimizer" in config["zero_optimization"]
 
 
-def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_pytorch(monkeypatch):
+def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_pytorch(one_rank_engine_env):
     """Over one rank DeepSpeed's after-backward all-reduce averages nothing but copies every
     gradient twice; skipped, the engine's steps still equal plain PyTorch's on the same batches."""
-    import socket
-
     import torch
-    import torch.distributed as dist
 
     from mmexpr.bench.train import _batches
     from mmexpr.model.model import build_model
@@ -133,37 +130,66 @@ def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_py
                           "model.visual={name: tiny-clip-vision, train: full}",
                           "model.audio={name: tiny-wav2vec2, train: full}", "model.text={name: tiny-clip-text, train: frozen}"])
     batches = _batches(job, 3)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)  # what a Ray Train worker has; DeepSpeed reads them
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        plain = build_model(job.model, None).train()
-        torch.manual_seed(0)
-        engine, _, _ = build_engine(build_model(job.model, None).train(), job, placement(job, torch.device("cpu")))
-        assert engine.zero_optimization_stage() == 0 and not engine.enable_backward_allreduce
-        optimizer = make_optimizer(plain, job)
-        scheduler = make_scheduler(optimizer, job)
-        for batch in batches:
-            torch.manual_seed(1)
-            loss = plain(batch)["loss"]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(plain.parameters(), job.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            torch.manual_seed(1)
-            out = engine(to_device(batch, torch.device("cpu"), False))
-            engine.backward(out["loss"])
-            engine.step()
-            assert torch.allclose(out["loss"], loss, atol=1e-5)
-        for (name, a), b in zip(plain.named_parameters(), engine.module.parameters(), strict=True):
-            assert torch.allclose(a, b, atol=1e-5), name
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    plain = build_model(job.model, None).train()
+    torch.manual_seed(0)
+    engine, _, _ = build_engine(build_model(job.model, None).train(), job, placement(job, torch.device("cpu")))
+    assert engine.zero_optimization_stage() == 0 and not engine.enable_backward_allreduce
+    optimizer = make_optimizer(plain, job)
+    scheduler = make_scheduler(optimizer, job)
+    for batch in batches:
+        torch.manual_seed(1)
+        loss = plain(batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), job.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = engine(to_device(batch, torch.device("cpu"), False))
+        engine.backward(out["loss"])
+        engine.step()
+        assert torch.allclose(out["loss"], loss, atol=1e-5)
+    for (name, a), b in zip(plain.named_parameters(), engine.module.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_one_rank_model_state_bytes_count_each_byte_once_and_match_the_zero_formula(one_rank_engine_env, offload: bool):
+    """One rank: stage 0 in fp32 (the optimizer updates the parameters themselves, which the
+    bytes must not count twice), and ZeRO-3 with offload (an fp32 master on the host, the
+    gradient partition inside it): both hold what the ZeRO formula says."""
+    import torch
+
+    from mmexpr.bench.train import _batches
+    from mmexpr.model.model import build_model
+    from mmexpr.train.engine import (
+        base_optimizer,
+        build_engine,
+        model_state_bytes,
+        placement,
+        to_device,
+        trainable_params,
+        zero_bytes,
+    )
+
+    job = load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4", "data.window=4",
+                          "data.image_size=32", "data.batch_size=2", "train.zero_stage=3", f"train.offload={offload}",
+                          "model.visual={name: tiny-clip-vision, train: full}",
+                          "model.audio={name: tiny-wav2vec2, train: full}", "model.text={name: tiny-clip-text, train: frozen}"])
+    model = build_model(job.model, None).train()
+    psi = trainable_params(model)
+    engine, ds_optimizer, _ = build_engine(model, job, placement(job, torch.device("cpu")))
+    stage = engine.zero_optimization_stage()
+    assert stage == (3 if offload else 0)
+    for batch in _batches(job, 2):  # the optimizer's state exists after the first step
+        out = engine(to_device(batch, torch.device("cpu"), False))
+        engine.backward(out["loss"])
+        if engine.global_steps == 1:
+            held = model_state_bytes(engine, base_optimizer(ds_optimizer))
+        engine.step()
+    assert held["params"] == pytest.approx(4 * psi, rel=0.02) and held["grads"] == pytest.approx(4 * psi, rel=0.02)
+    assert sum(held.values()) == pytest.approx(zero_bytes(stage, psi, 1), rel=0.02), held
 
 
 # ---------------------------------------------------------------- the cluster the driver starts
@@ -284,7 +310,10 @@ def test_mlflow_run_holds_config_metrics_figures_checkpoints_and_model(trained_r
         assert key in metrics, key  # the demo job trains all three tasks
     assert metrics["val/score_va"] == metrics["val/va_ccc"] and metrics["val/score_expr"] == metrics["val/macro_f1"]
     assert 0.0 <= metrics["train/data_wait"] <= 1.0
-    # Rank 0's model states as the ZeRO-2 formula has them over 2 ranks (logged once, at step 2).
+    # Rank 0's model states as the ZeRO-2 formula has them over 2 ranks in fp32 (logged at step 2):
+    # full params, half of the grads and of the fp32 master + Adam moments.
+    psi = metrics["memory/trainable_params"]
+    assert metrics["memory/zero_formula_gb"] == pytest.approx((4 * psi + (4 + 12) * psi / 2) / 1e9, rel=1e-6)
     assert metrics["memory/model_states_gb"] == pytest.approx(metrics["memory/zero_formula_gb"], rel=0.10)
     f1_steps = [m.step for m in client.get_metric_history(result.run_id, "val/macro_f1")]
     assert f1_steps == [12, 24]

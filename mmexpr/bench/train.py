@@ -6,15 +6,11 @@
    Same tiny model, same in-memory batches, same number of torch threads (one per worker:
    Ray gives a 1-CPU worker one thread, and the plain loop is pinned to one as well).
    Goal: the full path at most 1.10x slower.
-2. ZeRO memory: per-rank bytes of parameters, gradients and optimizer state (fp32 master
-   partitions + Adam moments) held by rank 0 of 2 workers right after a backward pass, for
-   ZeRO stages 0-3, against the ZeRO paper's formulas (Rajbhandari et al. 2020, Fig. 1)
-   written with this run's byte counts: fp32 on CPU, so 4 bytes per parameter (b_p) and per
-   gradient (b_g); K = 12 bytes of optimizer state per parameter where DeepSpeed keeps an
-   fp32 master copy (stages 1-3: 4 master + 8 Adam), K = 8 for stage 0 (the torch optimizer
-   updates the parameters themselves). Stage 0: (b_p+b_g+K)Ψ; 1: (b_p+b_g)Ψ + KΨ/N;
-   2: b_pΨ + (b_g+K)Ψ/N; 3: (b_p+b_g+K)Ψ/N. Communication buckets are not model states and
-   are left out, as in the paper. Goal: within 10%.
+2. ZeRO memory: per-rank bytes of parameters, gradients and optimizer state held by rank 0
+   of 2 workers right after a backward pass (`engine.model_state_bytes`, each byte once), for
+   ZeRO stages 0-3, against the ZeRO paper's formulas with this run's byte counts
+   (`engine.zero_bytes`). Communication buckets are not model states and are left out, as in
+   the paper. Goal: within 10%.
 3. Checkpoints: seconds per GB to publish (checkpoint.save: DeepSpeed shards + portable copy
    + atomic rename) and to load (DeepSpeed's sharded load), ZeRO-2, 2 workers.
 4. With `--preset scratch`: all of the above on the paper's model at its real size
@@ -50,6 +46,7 @@ from mmexpr.train.engine import (
     model_state_bytes,
     placement,
     to_device,
+    trainable_params,
     zero_bytes,
     zero_stage_for,
 )
@@ -158,11 +155,11 @@ def bench_worker(config: dict) -> None:
     place = placement(job, ray.train.torch.get_device())
     torch.manual_seed(0)
     model = build_model(job.model, None)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = trainable_params(model)
     engine, ds_opt, _ = build_engine(model, job, place)
     optimizer = base_optimizer(ds_opt)
     batches = config["batches"]
-    result: dict = {"psi": trainable}
+    result: dict = {"psi": trainable, "bf16": place.bf16}
     if config["mode"] == "overhead":
         warmup = config["warmup"]
         for i, batch in enumerate(batches):
@@ -269,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"ZeRO-{job.train.zero_stage} (runs as {zero_stage_for(job, 1)} on one worker)"))
     for (stage, offload), r in zero.items():
         measured = r["params"] + r["grads"] + r["optimizer"]
-        expected = zero_bytes(stage, r["psi"], 2)
+        expected = zero_bytes(stage, r["psi"], 2, r["bf16"])
         label = f"ZeRO-{stage}{' offload' if offload else ''}"
         rows.append(Ratio(f"{label} |rank-0 model states / paper - 1|", abs(measured / expected - 1), 0.10,
                           higher_is_better=False,

@@ -167,46 +167,75 @@ def base_optimizer(ds_optimizer) -> torch.optim.Optimizer:
     return inner if isinstance(inner, torch.optim.Optimizer) else ds_optimizer
 
 
-def model_state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """What this rank holds of the trainable model: params (or its ZeRO-3 partition), grads
-    (full or partitions), optimizer state (DeepSpeed's fp32 master partitions and the Adam
-    moments). Read between backward and step, when the gradients exist; host memory counts
-    too (an offloaded optimizer still costs its bytes, on the CPU)."""
-    def nbytes(t: torch.Tensor) -> int:
-        return t.numel() * t.element_size()
+def trainable_params(model: torch.nn.Module) -> int:
+    """Ψ of the ZeRO formulas: counted before the engine partitions the model (a ZeRO-3
+    partition leaves each parameter's own tensor empty)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    params = grads = 0
+
+def _span(t: torch.Tensor) -> tuple[str, int, int]:
+    return str(t.device), t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+
+def _union_bytes(spans: list[tuple[str, int, int]]) -> int:
+    """Bytes covered by the spans, each byte once (per device: addresses repeat across them)."""
+    total, reach = 0, ("", -1)
+    for device, lo, hi in sorted(spans):
+        if device != reach[0]:
+            reach = (device, lo)
+        lo = max(lo, reach[1])
+        if hi > lo:
+            total += hi - lo
+            reach = (device, hi)
+    return total
+
+
+def model_state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """What this rank holds of the trainable model, read between backward and step (the
+    gradients exist then): params (or its ZeRO-3 partition), grads (full, partitions, or the
+    offloaded optimizer's own fp32 buffer) and optimizer state (the tensors it updates, where
+    they are a master copy apart from the parameters, and the Adam moments).
+
+    Memory is counted, not tensors: DeepSpeed's buffers view one another (fp32 stage 0 updates
+    the parameters themselves; gradient partitions are views into one flat buffer), so each
+    byte counts once, under the first of params, grads, optimizer that holds it. Host memory counts too: an offloaded optimizer still costs its bytes.
+    """
+    params, grads, state = [], [], []
     for p in engine.module.parameters():
         if not p.requires_grad:
             continue
         held = getattr(p, "ds_tensor", None)
-        params += nbytes(held) if held is not None else nbytes(p)
+        params.append(held if held is not None else p)
         if p.grad is not None:
-            grads += nbytes(p.grad)
+            grads.append(p.grad)
     averaged = getattr(engine.optimizer, "averaged_gradients", None) or {}
     for value in averaged.values():
-        for t in value if isinstance(value, list) else [value]:
-            if isinstance(t, torch.Tensor):
-                grads += nbytes(t)
-    opt = 0
-    stage = engine.zero_optimization_stage()
-    # The optimizer's state is keyed by what it updates: the parameters themselves (stage 0)
-    # or DeepSpeed's fp32 master partitions (stages 1-3; ZeRO-3 swaps them in and out of
-    # param_groups per sub-group, so the state keys are the reliable list).
-    for flat, state in optimizer.state.items():
-        if stage >= 1:
-            opt += nbytes(flat)  # the fp32 master partition
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                opt += nbytes(state[key])
-    return {"params": params, "grads": grads, "optimizer": opt}
+        grads += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+    # The optimizer's state is keyed by what it updates: the parameters themselves (fp32 stage 0)
+    # or fp32 master copies (ZeRO's flat partitions; bf16's unfused optimizer); ZeRO-3 swaps them
+    # in and out of param_groups per sub-group, so the state keys are the reliable list.
+    for updated, moments in optimizer.state.items():
+        state.append(updated)
+        if updated.grad is not None:
+            grads.append(updated.grad)  # with offload, the gradient partition lives here
+        state += [moments[k] for k in ("exp_avg", "exp_avg_sq") if k in moments]
+    spans = [[_span(t) for t in group if t.numel()] for group in (params, grads, state)]
+    p_bytes = _union_bytes(spans[0])
+    pg_bytes = _union_bytes(spans[0] + spans[1])
+    return {"params": p_bytes, "grads": pg_bytes - p_bytes,
+            "optimizer": _union_bytes(spans[0] + spans[1] + spans[2]) - pg_bytes}
 
 
 def zero_bytes(stage: int, psi: int, ranks: int, bf16: bool = False) -> float:
-    """Model-state bytes per rank by the ZeRO paper's formulas (Rajbhandari et al. 2020), for Ψ
-    trainable parameters over `ranks`: params and grads at 2 bytes each under bf16, 4 in fp32;
-    Adam's K = 12 bytes (fp32 master copy and two moments) whenever DeepSpeed keeps a master
-    copy, i.e. at every ZeRO stage and under bf16, and 8 (the moments) for plain fp32 stage 0."""
+    """Model-state bytes per rank by the ZeRO paper's formulas (Rajbhandari et al. 2020, Fig. 1)
+    for Ψ trainable parameters over `ranks`: params and grads at 2 bytes each under bf16, 4 in
+    fp32; K bytes of optimizer state per parameter, 8 for Adam's moments plus 4 for the fp32
+    master copy DeepSpeed keeps at every ZeRO stage and under bf16; only plain fp32 stage 0
+    has none (the optimizer updates the parameters themselves). DeepSpeed 0.19.8's ZeRO-3 would
+    reuse an fp32 partition as its own master, but it compares the partition's torch.device
+    with the accelerator's device name, a string, which is never equal, so it copies
+    (`model_state_bytes` counts memory, so it would show the day it does not).
+    Stage 0: (b_p+b_g+K)Ψ; 1: (b_p+b_g)Ψ + KΨ/N; 2: b_pΨ + (b_g+K)Ψ/N; 3: (b_p+b_g+K)Ψ/N."""
     bp = bg = 2 if bf16 else 4
     k = 8 if stage == 0 and not bf16 else 12
     return {

@@ -44,6 +44,7 @@ from mmexpr.train.engine import (
     model_state_bytes,
     placement,
     to_device,
+    trainable_params,
     zero_bytes,
     zero_stage_for,
 )
@@ -124,7 +125,7 @@ class Trainer:
         if meta is not None and not same_layout:
             portable = ckpt.load_portable(source)
             ckpt.load_module_weights(model, portable["weights"])
-        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before ZeRO-3 partitions
+        self.trainable = trainable_params(model)
         self.states_logged = False
         self.engine, ds_optimizer, self.scheduler = build_engine(model, self.job, self.place)
         self.optimizer = base_optimizer(ds_optimizer)
@@ -218,17 +219,19 @@ class Trainer:
         return parts, time.perf_counter() - t0, wait
 
     def _log_model_states(self) -> None:
-        """Once per run, rank 0: the bytes this rank holds of params, grads and optimizer state
-        beside the ZeRO formula for its stage, so a run shows that its memory is partitioned as
-        configured. Measured between backward and step (the gradients exist then) of the first
-        step whose optimizer already has its state (the second of a fresh run)."""
+        """Once per start of the workers, rank 0: the bytes this rank holds of params, grads and
+        optimizer state beside the ZeRO formula for its stage, so a run shows that its memory is
+        partitioned as configured. Measured between backward and step (the gradients exist
+        then) of the first step whose optimizer already has its state: the second of a fresh
+        run, the first after a resume."""
         if self.states_logged or self.logger is None or not self.optimizer.state:
             return
         self.states_logged = True
         held = model_state_bytes(self.engine, self.optimizer)
         formula = zero_bytes(self.zero_stage, self.trainable, self.world, self.place.bf16)
         metrics = {f"memory/{k}_gb": v / 1e9 for k, v in held.items()}
-        metrics.update({"memory/model_states_gb": sum(held.values()) / 1e9, "memory/zero_formula_gb": formula / 1e9})
+        metrics.update({"memory/model_states_gb": sum(held.values()) / 1e9, "memory/zero_formula_gb": formula / 1e9,
+                        "memory/trainable_params": float(self.trainable)})
         self.logger.metrics(metrics, self.progress.step + 1)
 
     def _all_reduce(self, vec: torch.Tensor) -> torch.Tensor:
