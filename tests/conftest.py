@@ -65,17 +65,16 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def one_rank_dist():
-    """torch.distributed over this process alone, as a one-worker Ray Train run has it (gloo on
-    127.0.0.1), for DeepSpeed engines built in the test process. Made once per session and kept:
-    DeepSpeed caches the first process group it sees, and a later group would not be that one."""
-    import socket
-
+    """torch.distributed over this process alone, as a one-worker Ray Train run has it, for
+    DeepSpeed engines built in the test process. Made once per session and kept (so
+    `dist.is_initialized()` stays true after it): DeepSpeed caches the first process group it
+    sees, and a later group would not be that one. An in-memory store and gloo on the loopback
+    interface: no port to race for, nothing listening beyond 127.0.0.1."""
     import torch.distributed as dist
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         yield
     finally:

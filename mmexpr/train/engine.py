@@ -174,7 +174,10 @@ def trainable_params(model: torch.nn.Module) -> int:
 
 
 def _span(t: torch.Tensor) -> tuple[str, int, int]:
-    return str(t.device), t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    """(device, first byte, end) of the memory a tensor reaches: from its strides, so a strided
+    view covers its whole extent and an expanded one (stride 0) only the bytes that exist."""
+    reach = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+    return str(t.device), t.data_ptr(), t.data_ptr() + reach * t.element_size()
 
 
 def _union_bytes(spans: list[tuple[str, int, int]]) -> int:
@@ -192,13 +195,17 @@ def _union_bytes(spans: list[tuple[str, int, int]]) -> int:
 
 def model_state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """What this rank holds of the trainable model, read between backward and step (the
-    gradients exist then): params (or its ZeRO-3 partition), grads (full, partitions, or the
-    offloaded optimizer's own fp32 buffer) and optimizer state (the tensors it updates, where
-    they are a master copy apart from the parameters, and the Adam moments).
+    gradients exist then): params (or its ZeRO-3 partition), grads (full, partitions, the
+    flat buffers DeepSpeed reduces them into, or the offloaded optimizer's own fp32 buffer) and
+    optimizer state (the tensors it updates, where they are a master copy apart from the
+    parameters, and the Adam moments).
 
     Memory is counted, not tensors: DeepSpeed's buffers view one another (fp32 stage 0 updates
     the parameters themselves; gradient partitions are views into one flat buffer), so each
-    byte counts once, under the first of params, grads, optimizer that holds it. Host memory counts too: an offloaded optimizer still costs its bytes.
+    byte counts once, under the first of params, grads, optimizer that holds it. Host memory
+    counts too: an offloaded optimizer still costs its bytes. So the count can exceed the ZeRO
+    formula where DeepSpeed holds a buffer the paper does not (ZeRO-3 with offload reduces the
+    gradients into one fp32 partition and copies them into the master's own).
     """
     params, grads, state = [], [], []
     for p in engine.module.parameters():
@@ -211,6 +218,9 @@ def model_state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int
     averaged = getattr(engine.optimizer, "averaged_gradients", None) or {}
     for value in averaged.values():
         grads += [t for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+    for name in ("grad_partitions_flat_buffer", "fp32_groups_gradients_flat"):  # ZeRO-3; bf16 stage 0
+        buffers = getattr(engine.optimizer, name, None)
+        grads += [t for t in (buffers if isinstance(buffers, list) else [buffers]) if isinstance(t, torch.Tensor)]
     # The optimizer's state is keyed by what it updates: the parameters themselves (fp32 stage 0)
     # or fp32 master copies (ZeRO's flat partitions; bf16's unfused optimizer); ZeRO-3 swaps them
     # in and out of param_groups per sub-group, so the state keys are the reliable list.
