@@ -8,8 +8,9 @@ starts from, and the mean and standard deviation over the window's audio context
 every frame the utterance-level prosody that the baseline's statistics carry.
 
 `LogMelStatsEncoder` goes one step further, to the baseline's own form: the mean and
-standard deviation of MFCCs and of their deltas over the context's valid frames, standardised with statistics
-frozen early in training, through a small MLP; one vector per context, repeated at every step.
+standard deviation of MFCCs and of their deltas over the context's valid frames, standardised
+with statistics frozen early in training, through a small MLP; one vector per context, repeated
+at every step.
 `jobs/from-scratch.yaml` uses it (README, "Learning on real faces and voices").
 
 Each plays the role of a Hugging Face backbone inside `encoders.AudioEncoder`: `forward(x,
