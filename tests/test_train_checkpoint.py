@@ -159,3 +159,31 @@ def test_client_state_reads_rank_zeros_model_states_under_zero3_naming(tmp_path)
     torch.save({"module": {}, "step": 2, "best_f1": 0.5}, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
     torch.save({"module": {}, "step": 99}, tag / "zero_pp_rank_1_mp_rank_00_model_states.pt")
     assert ckpt.load_client_state(tag) == {"step": 2, "best_f1": 0.5}
+
+
+def test_weights_of_another_shape_are_refused_naming_the_tensor_and_both_shapes():
+    """A run resumed, or a model predicted, with a tensor saved at another shape (a `model.*` key
+    or an encoder's code changed since): resume and predict both say which tensor and both
+    shapes, through one rule, and load nothing."""
+    import torch
+
+    from mmexpr.config import load_job
+    from mmexpr.model.model import build_model
+    from mmexpr.predict.weights import WeightsError, build_from_state
+
+    job = load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4"])
+    weights = build_model(job.model).state_dict()
+    name = next(k for k, v in weights.items() if v.dim() == 2)
+    rows, cols = weights[name].shape
+    weights[name] = torch.zeros(rows, cols + 3)
+    expected = f"{name} [{rows}, {cols + 3}] saved, [{rows}, {cols}] here"
+    target = build_model(job.model)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ckpt.CheckpointError, match="other shape: " + expected.replace("[", r"\[").replace("]", r"\]")):
+        ckpt.load_module_weights(target, weights)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items()), "nothing loaded"
+    with pytest.raises(WeightsError, match=r"run\.pt: weights do not fit .*" + name):
+        build_from_state(job, weights, "run.pt")
+    del weights[name]
+    with pytest.raises(ckpt.CheckpointError, match=f"missing {name}"):
+        ckpt.load_module_weights(build_model(job.model), weights)

@@ -172,16 +172,12 @@ def _job_for(path: Path, embedded: dict | None) -> JobConfig:
 
 
 def build_from_state(job: JobConfig, state: dict, source: str):
-    """The job's model with `state` loaded strictly (a mismatch names the missing keys)."""
+    """The job's model with `state` loaded strictly (a mismatch names the tensors)."""
     model = build_model(job.model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
     # Buffers computed at build time (cached class-text embeddings) may be absent from older files.
-    missing = [k for k in missing if k != "class_text"]
-    if missing or unexpected:
-        raise WeightsError(
-            f"{source}: weights do not fit the model its config builds; "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
-        )
+    problem = ckpt.weights_mismatch(model, state, optional=("class_text",))
+    if problem:
+        raise WeightsError(f"{source}: weights do not fit the model its config builds: {problem}")
+    model.load_state_dict(state, strict=False)
     model.eval()
     return model

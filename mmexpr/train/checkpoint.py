@@ -384,17 +384,38 @@ def restore_portable(engine, optimizer: torch.optim.Optimizer, portable: dict[st
                 state["step"] = torch.tensor(step, dtype=torch.as_tensor(state["step"]).dtype)
 
 
+def _first(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def weights_mismatch(module: torch.nn.Module, weights: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> str:
+    """What keeps `weights` from loading into `module`, "" when nothing: names it lacks, names it
+    does not have, and tensors of another shape. One rule for resume and predict, so either
+    names the tensors and both shapes instead of torch's error from deep inside the load: a
+    shape differs when a `model.*` key, or an encoder's code, changed since the weights were
+    saved. `optional`: names the module rebuilds itself and may find absent."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights and k not in optional]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [f"{k} {list(weights[k].shape)} saved, {list(own[k].shape)} here"
+                for k in own if k in weights and weights[k].shape != own[k].shape]
+    problems = [f"{what} {_first(names)}" for what, names in
+                (("missing", missing), ("unexpected", unexpected), ("other shape:", reshaped)) if names]
+    return "; ".join(problems)
+
+
 def load_module_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Consolidated weights into a plain module, before DeepSpeed wraps it."""
     expected = set(module.state_dict())
     derived = {name for name, _ in module.named_buffers()} - expected  # non-persistent: rebuilt, not loaded
     weights = {k: v for k, v in weights.items() if k not in derived}
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    problem = weights_mismatch(module, weights)
+    if problem:
         raise CheckpointError(
-            f"checkpoint does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
-            "(was model.* changed since the run was saved?)"
+            f"checkpoint does not fit this model: {problem} (was model.* or an encoder's code changed since "
+            "the run was saved?)"
         )
+    module.load_state_dict(weights)
 
 
 # ---------------------------------------------------------------- saving
