@@ -110,6 +110,15 @@ def test_one_worker_runs_zero_stage_0_unless_it_offloads():
     assert config["zero_optimization"]["stage"] == 3 and "offload_optimizer" in config["zero_optimization"]
 
 
+def _one_rank_job(*extra: str):
+    """A small model with every encoder that trains, for engines built in the test process."""
+    return load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4", "data.window=4",
+                           "data.image_size=32", "data.batch_size=2",
+                           "model.visual={name: tiny-clip-vision, train: full}",
+                           "model.audio={name: tiny-wav2vec2, train: full}",
+                           "model.text={name: tiny-clip-text, train: frozen}", *extra])
+
+
 def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_pytorch(one_rank_engine_env):
     """Over one rank DeepSpeed's after-backward all-reduce averages nothing but copies every
     gradient twice; skipped, the engine's steps still equal plain PyTorch's on the same batches."""
@@ -125,10 +134,7 @@ def test_one_rank_engine_skips_the_gradient_all_reduce_and_updates_like_plain_py
         to_device,
     )
 
-    job = load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4", "data.window=4",
-                          "data.image_size=32", "data.batch_size=2", "train.zero_stage=2", "train.grad_clip=0.5",
-                          "model.visual={name: tiny-clip-vision, train: full}",
-                          "model.audio={name: tiny-wav2vec2, train: full}", "model.text={name: tiny-clip-text, train: frozen}"])
+    job = _one_rank_job("train.zero_stage=2", "train.grad_clip=0.5")
     batches = _batches(job, 3)
     torch.manual_seed(0)
     plain = build_model(job.model, None).train()
@@ -179,10 +185,7 @@ def test_one_rank_model_state_bytes_count_each_byte_once_against_the_zero_formul
         zero_bytes,
     )
 
-    job = load_job(None, ["model.preset=tiny", "model.hidden=32", "model.fusion_heads=4", "data.window=4",
-                          "data.image_size=32", "data.batch_size=2", f"train.zero_stage={zero_stage}",
-                          f"train.offload={offload}", "model.visual={name: tiny-clip-vision, train: full}",
-                          "model.audio={name: tiny-wav2vec2, train: full}", "model.text={name: tiny-clip-text, train: frozen}"])
+    job = _one_rank_job(f"train.zero_stage={zero_stage}", f"train.offload={offload}")
     model = build_model(job.model, None).train()
     psi = trainable_params(model)
     engine, ds_optimizer, _ = build_engine(model, job, placement(job, torch.device("cpu")))

@@ -388,6 +388,11 @@ def _first(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+def _shape(value: object) -> list[int] | str:
+    """A tensor's shape, or what a file held instead of a tensor (named, not crashed on)."""
+    return list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def weights_mismatch(module: torch.nn.Module, weights: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> str:
     """What keeps `weights` from loading into `module`, "" when nothing: names it lacks, names it
     does not have, and tensors of another shape. One rule for resume and predict, so either
@@ -397,8 +402,8 @@ def weights_mismatch(module: torch.nn.Module, weights: dict[str, torch.Tensor], 
     own = module.state_dict()
     missing = [k for k in own if k not in weights and k not in optional]
     unexpected = [k for k in weights if k not in own]
-    reshaped = [f"{k} {list(weights[k].shape)} saved, {list(own[k].shape)} here"
-                for k in own if k in weights and weights[k].shape != own[k].shape]
+    reshaped = [f"{k} {_shape(weights[k])} saved, {_shape(own[k])} here"
+                for k in own if k in weights and _shape(weights[k]) != _shape(own[k])]
     problems = [f"{what} {_first(names)}" for what, names in
                 (("missing", missing), ("unexpected", unexpected), ("other shape:", reshaped)) if names]
     return "; ".join(problems)
